@@ -1,0 +1,15 @@
+#ifndef VDISK_CHECKSUM_H
+#define VDISK_CHECKSUM_H
+#include <stddef.h>
+#include <stdint.h>
+
+/// CRC-32C (Castagnoli) of `len` bytes, continuing from `crc` (start with 0).
+/// Why C: the SSE4.2 crc32 instruction is an intrinsic Swift cannot reach; none of the
+/// system libraries we link (libcrypto, liblz4, libfuse3) exports CRC-32C.
+uint32_t vdisk_crc32c(uint32_t crc, const void *data, size_t len);
+
+/// Whether every byte of `len` bytes is zero. Why C: a word-at-a-time scan the optimiser
+/// vectorises; zero blocks are detected on ingest without hashing them.
+int vdisk_is_zero(const void *data, size_t len);
+
+#endif

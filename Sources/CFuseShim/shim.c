@@ -1,0 +1,1 @@
+int vdiskfs_fuse_shim_placeholder;

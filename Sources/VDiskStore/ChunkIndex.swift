@@ -1,0 +1,349 @@
+import Glibc
+import SystemPackage
+import Synchronization
+
+/// The on-disk index from chunk hash to location, used to find duplicates on write and
+/// to follow a stale tree pointer after packs were rewritten. The read path does not use it.
+///
+/// It is a hash table of 4 KiB buckets chosen by the top bits of the hash (SHA-256 spreads
+/// evenly), mapped read-only for lookups and updated with pwrite. Memory does not grow with
+/// the store: the table lives in the page cache, which the kernel sizes; only entries added
+/// since the last flush are held on the heap. It doubles when it passes 70 % full.
+///
+/// It is derived data: a header flag marks it dirty while buckets are being written, and a
+/// crc32c per bucket catches a torn write, in which case it is rebuilt from the packs.
+/// `indexedThrough` names the highest pack all of whose records are in it; packs after
+/// that are scanned in when the store opens.
+final class ChunkIndex: @unchecked Sendable {
+    static let pageSize = 4096
+    static let bucketHeader = 8
+    static let bucketCapacity = (pageSize - bucketHeader) / ChunkRef.encodedSize  // 85
+    static let magic: [UInt8] = Array("VDISKIX1".utf8)
+    static let initialBits = 8
+
+    private struct State {
+        var fd: FileDescriptor
+        var bits: Int
+        var map: UnsafeMutableRawPointer
+        var mapLength: Int
+        var entryCount: UInt64
+        var indexedThrough: UInt64
+        var pending: [ChunkHash: ChunkLocation] = [:]
+    }
+
+    let path: String
+    private let state: Mutex<State>
+
+    /// Pending entries past which the owner should flush (bounded heap use).
+    static let pendingLimit = 262_144
+
+    private init(path: String, state: State) {
+        self.path = path
+        self.state = Mutex(state)
+    }
+
+    deinit {
+        state.withLock { s in
+            munmap(s.map, s.mapLength)
+            try? s.fd.close()
+        }
+    }
+
+    // MARK: creating and opening
+
+    /// Creates an empty index at `path` (replacing any file there).
+    static func create(path: String) throws {
+        try writeEmptyTable(path: path, bits: initialBits, indexedThrough: 0)
+    }
+
+    private static func writeEmptyTable(path: String, bits: Int, indexedThrough: UInt64) throws {
+        let tmp = path + ".new"
+        let fd = try FileIO.open(tmp, .readWrite, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead], context: "create index")
+        do {
+            try fd.truncate(to: Int64((1 << bits) + 1) * Int64(pageSize))
+            var page = [UInt8](repeating: 0, count: pageSize)
+            page.withUnsafeMutableBytes { setBucketChecksum($0.baseAddress!) }
+            // An empty bucket's crc is the same everywhere; write it to every bucket.
+            var chunk = [UInt8]()
+            for _ in 0..<min(256, 1 << bits) { chunk += page }
+            var b = 0
+            while b < (1 << bits) {
+                let n = min(256, (1 << bits) - b)
+                try chunk.withUnsafeBytes { (c) throws in
+                    try fd.writeFully(UnsafeRawBufferPointer(rebasing: c[0..<(n * pageSize)]), at: Int64(b + 1) * Int64(pageSize))
+                }
+                b += n
+            }
+            try writeHeader(fd, bits: bits, entryCount: 0, indexedThrough: indexedThrough, dirty: false)
+            try fd.synchronize()
+            try fd.close()
+        } catch {
+            try? fd.close()
+            throw StoreError.system(error, "write index", path: tmp)
+        }
+        if rename(tmp, path) != 0 { throw StoreError.system(Errno(rawValue: errno), "rename index", path: path) }
+        try FileIO.syncDirectory(containing: path)
+    }
+
+    /// Opens the index. `needsRecovery` is true when it was left dirty and a bucket is torn:
+    /// the caller must rebuild it.
+    static func open(path: String) throws -> (ChunkIndex, needsRebuild: Bool) {
+        let fd = try FileIO.open(path, .readWrite, context: "open index")
+        var header = [UInt8](repeating: 0, count: 40)
+        do { _ = try header.withUnsafeMutableBytes { (b) throws -> Int in try fd.readFully(into: b, at: 0) } }
+        catch { try? fd.close(); throw StoreError.system(error, "read index", path: path) }
+        guard Array(header[0..<8]) == magic else {
+            try? fd.close()
+            throw StoreError.corruptStore(detail: "index \(path) has no index header")
+        }
+        var r = ByteReader(header, what: "index header")
+        r.offset = 8
+        let version = try r.u32()
+        let bits = Int(try r.u32())
+        let count = try r.u64()
+        let through = try r.u64()
+        let dirty = try r.u32()
+        let crc = try r.u32()
+        let expect = header.withUnsafeBytes { crc32c(UnsafeRawBufferPointer(rebasing: $0[0..<36])) }
+        guard version == 1, crc == expect, bits >= 1, bits <= 40 else {
+            try? fd.close()
+            throw StoreError.corruptStore(detail: "index \(path) has a damaged header")
+        }
+        let length = ((1 << bits) + 1) * pageSize
+        let fileLength: Int64
+        do { fileLength = try fd.byteSize() } catch { try? fd.close(); throw StoreError.system(error, "stat index", path: path) }
+        guard fileLength >= Int64(length), let map = mmap(nil, length, PROT_READ, MAP_SHARED, fd.rawValue, 0), map != MAP_FAILED else {
+            try? fd.close()
+            throw StoreError.corruptStore(detail: "index \(path) is truncated")
+        }
+        let index = ChunkIndex(path: path, state: State(fd: fd, bits: bits, map: map, mapLength: length,
+                                                        entryCount: count, indexedThrough: through))
+        var torn = false
+        if dirty != 0 {
+            index.state.withLock { s in
+                for b in 0..<(1 << s.bits) where !bucketChecksumMatches(s.map + (b + 1) * pageSize) { torn = true; break }
+            }
+        }
+        return (index, torn)
+    }
+
+    private static func writeHeader(_ fd: FileDescriptor, bits: Int, entryCount: UInt64, indexedThrough: UInt64, dirty: Bool) throws {
+        var w = ByteWriter(capacity: 40)
+        w.raw(magic)
+        w.u32(1)
+        w.u32(UInt32(bits))
+        w.u64(entryCount)
+        w.u64(indexedThrough)
+        w.u32(dirty ? 1 : 0)
+        let crc = w.bytes.withUnsafeBytes { crc32c($0) }
+        w.u32(crc)
+        try w.bytes.withUnsafeBytes { (b) throws in try fd.writeFully(b, at: 0) } as Void
+    }
+
+    // MARK: buckets
+
+    private static func bucketCount(_ p: UnsafeRawPointer) -> Int { Int(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self))) }
+
+    private static func setBucketChecksum(_ p: UnsafeMutableRawPointer) {
+        let crc = crc32c(UnsafeRawBufferPointer(start: p + bucketHeader, count: pageSize - bucketHeader),
+                         seed: crc32c(UnsafeRawBufferPointer(start: p, count: 4)))
+        p.storeBytes(of: crc.littleEndian, toByteOffset: 4, as: UInt32.self)
+    }
+
+    private static func bucketChecksumMatches(_ p: UnsafeRawPointer) -> Bool {
+        let crc = crc32c(UnsafeRawBufferPointer(start: p + bucketHeader, count: pageSize - bucketHeader),
+                         seed: crc32c(UnsafeRawBufferPointer(start: p, count: 4)))
+        return crc == UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 4, as: UInt32.self)) && bucketCount(p) <= bucketCapacity
+    }
+
+    @inline(__always)
+    private static func bucket(of hash: ChunkHash, bits: Int) -> Int { Int(hash.w0 >> UInt64(64 - bits)) }
+
+    private static func find(_ hash: ChunkHash, in page: UnsafeRawPointer) -> ChunkLocation? {
+        let n = min(bucketCount(page), bucketCapacity)
+        var e = page + bucketHeader
+        for _ in 0..<n {
+            if ChunkHash(bytes: e) == hash { return ChunkRef(loading: e).location }
+            e += ChunkRef.encodedSize
+        }
+        return nil
+    }
+
+    // MARK: public operations
+
+    /// Where the chunk with `hash` lives, if the store has it.
+    func lookup(_ hash: ChunkHash) -> ChunkLocation? {
+        state.withLock { s in
+            if let l = s.pending[hash] { return l }
+            let b = Self.bucket(of: hash, bits: s.bits)
+            return Self.find(hash, in: s.map + (b + 1) * Self.pageSize)
+        }
+    }
+
+    /// Records a chunk; it reaches disk at the next ``flush(indexedThrough:)``.
+    func insert(_ hash: ChunkHash, _ location: ChunkLocation) {
+        state.withLock { s in s.pending[hash] = location }
+    }
+
+    var pendingCount: Int { state.withLock { $0.pending.count } }
+    var indexedThrough: UInt64 { state.withLock { $0.indexedThrough } }
+    var entryCount: UInt64 { state.withLock { $0.entryCount + UInt64($0.pending.count) } }
+    var fileBytes: Int64 { state.withLock { Int64($0.mapLength) } }
+
+    /// Writes pending entries into their buckets and makes them durable. Callers must have
+    /// made the packs those entries point into durable first (data before index).
+    func flush(indexedThrough through: UInt64? = nil) throws {
+        try state.withLock { (s) throws in
+            if s.pending.isEmpty && (through == nil || through == s.indexedThrough) { return }
+            while Double(s.entryCount) + Double(s.pending.count) > 0.7 * Double(Self.bucketCapacity << s.bits) {
+                try grow(&s)
+            }
+            do {
+                try Self.writeHeader(s.fd, bits: s.bits, entryCount: s.entryCount, indexedThrough: s.indexedThrough, dirty: true)
+                try s.fd.synchronizeData()
+            } catch { throw StoreError.system(error, "write index", path: path) }
+            var byBucket: [Int: [(ChunkHash, ChunkLocation)]] = [:]
+            for (h, l) in s.pending { byBucket[Self.bucket(of: h, bits: s.bits), default: []].append((h, l)) }
+            var page = [UInt8](repeating: 0, count: Self.pageSize)
+            for (b, items) in byBucket {
+                let src = s.map + (b + 1) * Self.pageSize
+                var placed: [ChunkHash] = []
+                var added = 0
+                try page.withUnsafeMutableBytes { (p) throws in
+                    p.baseAddress!.copyMemory(from: src, byteCount: Self.pageSize)
+                    var n = Self.bucketCount(p.baseAddress!)
+                    for (h, l) in items {
+                        // Replace the entry for a hash already present (a newer location wins).
+                        var slot = n
+                        for i in 0..<n where ChunkHash(bytes: p.baseAddress! + Self.bucketHeader + i * ChunkRef.encodedSize) == h { slot = i; break }
+                        if slot == n {
+                            // A full bucket keeps the rest pending; the table doubles below.
+                            if n == Self.bucketCapacity { continue }
+                            n += 1
+                            added += 1
+                        }
+                        ChunkRef(hash: h, location: l).store(to: p.baseAddress! + Self.bucketHeader + slot * ChunkRef.encodedSize)
+                        placed.append(h)
+                    }
+                    p.baseAddress!.storeBytes(of: UInt16(n).littleEndian, as: UInt16.self)
+                    Self.setBucketChecksum(p.baseAddress!)
+                    do { try s.fd.writeFully(UnsafeRawBufferPointer(p), at: Int64(b + 1) * Int64(Self.pageSize)) }
+                    catch { throw StoreError.system(error, "write index", path: path) }
+                }
+                s.entryCount += UInt64(added)
+                for h in placed { s.pending[h] = nil }
+            }
+            if s.pending.isEmpty, let through { s.indexedThrough = max(s.indexedThrough, through) }
+            do {
+                try s.fd.synchronizeData()
+                try Self.writeHeader(s.fd, bits: s.bits, entryCount: s.entryCount, indexedThrough: s.indexedThrough, dirty: false)
+                try s.fd.synchronizeData()
+            } catch { throw StoreError.system(error, "write index", path: path) }
+            if !s.pending.isEmpty { try grow(&s) }
+        }
+        if pendingCount > 0 { try flush(indexedThrough: through) }
+    }
+
+    /// Removes every entry whose location `drop` selects (undoing a failed write, rebuilding).
+    func remove(where drop: (ChunkLocation) -> Bool) throws {
+        try state.withLock { (s) throws in
+            s.pending = s.pending.filter { !drop($0.value) }
+            do {
+                try Self.writeHeader(s.fd, bits: s.bits, entryCount: s.entryCount, indexedThrough: s.indexedThrough, dirty: true)
+                try s.fd.synchronizeData()
+                var page = [UInt8](repeating: 0, count: Self.pageSize)
+                for b in 0..<(1 << s.bits) {
+                    let src = s.map + (b + 1) * Self.pageSize
+                    let n = Self.bucketCount(src)
+                    var keep = 0
+                    var changed = false
+                    page.withUnsafeMutableBytes { p in
+                        p.baseAddress!.copyMemory(from: src, byteCount: Self.pageSize)
+                        for i in 0..<n {
+                            let e = p.baseAddress! + Self.bucketHeader + i * ChunkRef.encodedSize
+                            if drop(ChunkRef(loading: e).location) { changed = true; continue }
+                            if keep != i { (p.baseAddress! + Self.bucketHeader + keep * ChunkRef.encodedSize).copyMemory(from: e, byteCount: ChunkRef.encodedSize) }
+                            keep += 1
+                        }
+                        if changed {
+                            let tail = p.baseAddress! + Self.bucketHeader + keep * ChunkRef.encodedSize
+                            tail.initializeMemory(as: UInt8.self, repeating: 0, count: (n - keep) * ChunkRef.encodedSize)
+                            p.baseAddress!.storeBytes(of: UInt16(keep).littleEndian, as: UInt16.self)
+                            Self.setBucketChecksum(p.baseAddress!)
+                        }
+                    }
+                    if changed {
+                        try page.withUnsafeBytes { (p) throws in try s.fd.writeFully(p, at: Int64(b + 1) * Int64(Self.pageSize)) }
+                        s.entryCount -= UInt64(n - keep)
+                    }
+                }
+                try s.fd.synchronizeData()
+                try Self.writeHeader(s.fd, bits: s.bits, entryCount: s.entryCount, indexedThrough: s.indexedThrough, dirty: false)
+                try s.fd.synchronizeData()
+            } catch { throw StoreError.system(error, "write index", path: path) }
+        }
+    }
+
+    /// Doubles the table: bucket b splits into 2b and 2b+1 by the next hash bit.
+    private func grow(_ s: inout State) throws {
+        let newBits = s.bits + 1
+        let tmp = path + ".new"
+        let fd = try FileIO.open(tmp, .readWrite, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead], context: "grow index")
+        do {
+            try fd.truncate(to: Int64((1 << newBits) + 1) * Int64(Self.pageSize))
+            let batch = 128
+            var out = [UInt8](repeating: 0, count: 2 * batch * Self.pageSize)
+            var b = 0
+            while b < (1 << s.bits) {
+                let n = min(batch, (1 << s.bits) - b)
+                out.withUnsafeMutableBytes { o in
+                    o.initializeMemory(as: UInt8.self, repeating: 0)
+                    for i in 0..<n {
+                        let src = s.map + (b + i + 1) * Self.pageSize
+                        let lo = o.baseAddress! + (2 * i) * Self.pageSize
+                        let hi = lo + Self.pageSize
+                        var nlo = 0, nhi = 0
+                        for j in 0..<Self.bucketCount(src) {
+                            let e = src + Self.bucketHeader + j * ChunkRef.encodedSize
+                            let h = ChunkHash(bytes: e)
+                            if Self.bucket(of: h, bits: newBits) & 1 == 0 {
+                                (lo + Self.bucketHeader + nlo * ChunkRef.encodedSize).copyMemory(from: e, byteCount: ChunkRef.encodedSize); nlo += 1
+                            } else {
+                                (hi + Self.bucketHeader + nhi * ChunkRef.encodedSize).copyMemory(from: e, byteCount: ChunkRef.encodedSize); nhi += 1
+                            }
+                        }
+                        lo.storeBytes(of: UInt16(nlo).littleEndian, as: UInt16.self)
+                        hi.storeBytes(of: UInt16(nhi).littleEndian, as: UInt16.self)
+                        Self.setBucketChecksum(lo)
+                        Self.setBucketChecksum(hi)
+                    }
+                }
+                try out.withUnsafeBytes { (o) throws in
+                    try fd.writeFully(UnsafeRawBufferPointer(rebasing: o[0..<(2 * n * Self.pageSize)]), at: Int64(2 * b + 1) * Int64(Self.pageSize))
+                }
+                b += n
+            }
+            try Self.writeHeader(fd, bits: newBits, entryCount: s.entryCount, indexedThrough: s.indexedThrough, dirty: false)
+            try fd.synchronize()
+        } catch {
+            try? fd.close()
+            unlink(tmp)
+            throw StoreError.system(error, "grow index", path: tmp)
+        }
+        if rename(tmp, path) != 0 { try? fd.close(); throw StoreError.system(Errno(rawValue: errno), "rename index", path: path) }
+        try FileIO.syncDirectory(containing: path)
+        let length = ((1 << newBits) + 1) * Self.pageSize
+        guard let map = mmap(nil, length, PROT_READ, MAP_SHARED, fd.rawValue, 0), map != MAP_FAILED else {
+            throw StoreError.io(errno: errno, context: "map index")
+        }
+        munmap(s.map, s.mapLength)
+        try? s.fd.close()
+        s.fd = fd
+        s.map = map
+        s.mapLength = length
+        s.bits = newBits
+    }
+
+    /// Replaces the index with an empty one (before a rebuild).
+    static func reset(path: String) throws { try writeEmptyTable(path: path, bits: initialBits, indexedThrough: 0) }
+}

@@ -1,0 +1,167 @@
+import Glibc
+import SystemPackage
+import Synchronization
+
+/// Reads and checks records from packs. Thread-safe; keeps a bounded set of open packs.
+final class PackReader: @unchecked Sendable {
+    let directory: String
+    private let handles = Mutex<[UInt64: Handle]>([:])
+    static let maxOpen = 256
+
+    /// An open pack; closed when the last reader lets go of it.
+    final class Handle: @unchecked Sendable {
+        let fd: FileDescriptor
+        init(fd: FileDescriptor) { self.fd = fd }
+        deinit { try? fd.close() }
+    }
+
+    /// Why a record could not be returned.
+    enum Failure: Error {
+        /// Not at that location (pack gone, offset past its end, another record there):
+        /// the location is stale, ask the index.
+        case notThere
+        /// The record is there but its bytes do not check out.
+        case damaged(String)
+        case system(StoreError)
+    }
+
+    init(directory: String) { self.directory = directory }
+
+    func handle(_ pack: UInt64) throws -> Handle {
+        if let h = handles.withLock({ $0[pack] }) { return h }
+        let path = directory + "/" + PackFormat.fileName(pack)
+        let fd: FileDescriptor
+        do { fd = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec]) }
+        catch let e as Errno {
+            if e == .noSuchFileOrDirectory { throw Failure.notThere }
+            throw Failure.system(StoreError.system(e, "open pack \(path)", path: path))
+        } catch { throw Failure.notThere }
+        let h = Handle(fd: fd)
+        return handles.withLock { open in
+            if let existing = open[pack] { return existing }
+            if open.count >= Self.maxOpen, let victim = open.keys.first { open[victim] = nil }
+            open[pack] = h
+            return h
+        }
+    }
+
+    /// Forgets open handles (after packs were deleted or replaced).
+    func closeAll() { handles.withLock { $0.removeAll() } }
+
+    /// Reads the record at `ref.location`, checks its crc32c and that it holds `ref.hash`,
+    /// and decodes its payload into `output` (which must hold the raw length); returns the raw length.
+    func read(_ ref: ChunkRef, kind: RecordKind, into output: UnsafeMutableRawBufferPointer) throws -> Int {
+        let h = try handle(ref.location.pack)
+        let length = ref.location.recordLength
+        return try withUnsafeTemporaryAllocation(byteCount: length, alignment: 16) { (record) throws -> Int in
+            let n: Int
+            do { n = try h.fd.readFully(into: record, at: Int64(ref.location.offset)) }
+            catch { throw Failure.system(StoreError.system(error, "read pack \(PackFormat.fileName(ref.location.pack))", path: directory)) }
+            guard n == length, let header = PackFormat.loadRecordHeader(record.baseAddress!),
+                  header.hash == ref.hash, header.storedLength == Int(ref.location.storedLength)
+            else { throw Failure.notThere }
+            let what = "\(header.kind == .data ? "chunk" : "tree node") \(ref.hash.short) in pack \(PackFormat.fileName(ref.location.pack)) at offset \(ref.location.offset)"
+            guard header.kind == kind else { throw Failure.damaged("\(what) has the wrong kind") }
+            guard PackFormat.recordChecksumMatches(UnsafeRawBufferPointer(record), header: header) else {
+                throw Failure.damaged("\(what) fails its checksum")
+            }
+            guard header.rawLength <= output.count,
+                  Compression.decompress(header.codec,
+                                         UnsafeRawBufferPointer(rebasing: record[PackFormat.recordHeaderSize..<length]),
+                                         into: UnsafeMutableRawBufferPointer(rebasing: output[0..<header.rawLength]))
+            else { throw Failure.damaged("\(what) does not decompress") }
+            return header.rawLength
+        }
+    }
+
+    /// Reads a record whose raw length is not known in advance (tree nodes, namespaces).
+    func readBytes(_ ref: ChunkRef, kind: RecordKind) throws -> [UInt8] {
+        let h = try handle(ref.location.pack)
+        var header = [UInt8](repeating: 0, count: PackFormat.recordHeaderSize)
+        let n: Int
+        do { n = try header.withUnsafeMutableBytes { (b) throws -> Int in try h.fd.readFully(into: b, at: Int64(ref.location.offset)) } }
+        catch { throw Failure.system(StoreError.system(error, "read pack", path: directory)) }
+        guard n == header.count, let parsed = header.withUnsafeBytes({ PackFormat.loadRecordHeader($0.baseAddress!) }),
+              parsed.hash == ref.hash else { throw Failure.notThere }
+        var out = [UInt8](repeating: 0, count: parsed.rawLength)
+        let got = try out.withUnsafeMutableBytes { (o) throws -> Int in try read(ref, kind: kind, into: o) }
+        return got == out.count ? out : Array(out[0..<got])
+    }
+}
+
+/// Scans a pack from its start, record by record, stopping at the first record that is
+/// torn or damaged (the tail a crash may leave). Used to rebuild the index and by verify.
+struct PackScanner {
+    let path: String
+    let pack: UInt64
+
+    /// One record met by the scan.
+    struct Record {
+        var ref: ChunkRef
+        var kind: RecordKind
+        var codec: Codec
+        var rawLength: Int
+        /// Header and payload bytes (only when the scan was asked for payloads).
+        var bytes: UnsafeRawBufferPointer
+        var checksumOK: Bool
+    }
+
+    /// Calls `body` for each record; returns the offset where valid records end and the file length.
+    @discardableResult
+    static func scan(path: String, withPayloads: Bool,
+                     _ body: (Record) throws -> Void) throws -> (end: Int64, fileLength: Int64) {
+        let fd = try FileIO.open(path, .readOnly, context: "open pack")
+        defer { try? fd.close() }
+        let length: Int64
+        do { length = try fd.byteSize() } catch { throw StoreError.system(error, "stat", path: path) }
+        fd.adviseSequential()
+        var headerBytes = [UInt8](repeating: 0, count: PackFormat.headerSize)
+        let got: Int
+        do { got = try headerBytes.withUnsafeMutableBytes { (b) throws -> Int in try fd.readFully(into: b, at: 0) } }
+        catch { throw StoreError.system(error, "read", path: path) }
+        guard got == PackFormat.headerSize else { throw StoreError.corruptStore(detail: "\(path) is not a pack") }
+        let pack = try PackFormat.decodeHeader(headerBytes, file: path)
+
+        // Read in large windows; a record never exceeds maxRecordLength.
+        let window = 8 << 20
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: window + PackFormat.maxRecordLength + PackFormat.recordHeaderSize, alignment: 16)
+        defer { buf.deallocate() }
+        var bufStart = Int64(PackFormat.headerSize)
+        var bufLen = 0
+        var offset = Int64(PackFormat.headerSize)
+        func fill(_ need: Int) throws -> Bool {
+            // Ensure [offset, offset+need) is in buf.
+            if offset >= bufStart && offset + Int64(need) <= bufStart + Int64(bufLen) { return true }
+            let keep = Int(bufStart + Int64(bufLen) - offset)
+            if keep > 0 { buf.baseAddress!.copyMemory(from: buf.baseAddress! + Int(offset - bufStart), byteCount: keep) }
+            bufStart = offset
+            bufLen = max(keep, 0)
+            let want = max(need, window) - bufLen
+            if want > 0 {
+                do {
+                    bufLen += try fd.readFully(into: UnsafeMutableRawBufferPointer(rebasing: buf[bufLen..<(bufLen + min(want, buf.count - bufLen))]),
+                                               at: bufStart + Int64(bufLen))
+                } catch { throw StoreError.system(error, "read", path: path) }
+            }
+            return bufLen >= need
+        }
+        while offset + Int64(PackFormat.recordHeaderSize) <= length {
+            guard try fill(PackFormat.recordHeaderSize) else { break }
+            let hp = buf.baseAddress! + Int(offset - bufStart)
+            guard let h = PackFormat.loadRecordHeader(hp) else { break }
+            let recLen = PackFormat.recordHeaderSize + h.storedLength
+            guard offset + Int64(recLen) <= length else { break }
+            var ok = true
+            var bytes = UnsafeRawBufferPointer(start: nil, count: 0)
+            if withPayloads {
+                guard try fill(recLen) else { break }
+                bytes = UnsafeRawBufferPointer(start: buf.baseAddress! + Int(offset - bufStart), count: recLen)
+                ok = PackFormat.recordChecksumMatches(bytes, header: h)
+            }
+            let ref = ChunkRef(hash: h.hash, location: ChunkLocation(pack: pack, offset: UInt32(offset), storedLength: UInt32(h.storedLength)))
+            try body(Record(ref: ref, kind: h.kind, codec: h.codec, rawLength: h.rawLength, bytes: bytes, checksumOK: ok))
+            offset += Int64(recLen)
+        }
+        return (offset, length)
+    }
+}
