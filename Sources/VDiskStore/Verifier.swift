@@ -1,0 +1,122 @@
+import Foundation
+
+/// What `verify` found.
+public struct VerifyReport: Codable, Sendable {
+    public var packs = 0
+    public var records = 0
+    public var packBytes: Int64 = 0
+    public var images = 0
+    public var treeNodes = 0
+    /// One line per damaged record: pack, offset, hash, what is wrong.
+    public var damagedChunks: [String] = []
+    /// Images that reference damaged or missing chunks, with the first problem found.
+    public var damagedImages: [String: String] = [:]
+    /// Packs whose end holds bytes that are not whole records (a crash during a write).
+    public var tornTails: [String] = []
+
+    public var isClean: Bool { damagedChunks.isEmpty && damagedImages.isEmpty }
+
+    enum CodingKeys: String, CodingKey {
+        case packs, records, images
+        case packBytes = "pack_bytes", treeNodes = "tree_nodes", damagedChunks = "damaged_chunks"
+        case damagedImages = "damaged_images", tornTails = "torn_tails"
+    }
+}
+
+/// Checks a whole store: every record of every pack is re-hashed with SHA-256 (not just its
+/// crc32c), and every image's tree is walked to check that each chunk it names is there.
+public enum Verifier {
+    public static func verify(_ store: Store, progress: ((Int64, Int64) -> Void)? = nil) throws -> VerifyReport {
+        var report = VerifyReport()
+        let numbers = try store.packNumbers()
+        var total: Int64 = 0
+        for p in numbers { total += Int64(FileIO.size(store.packPath(p))) }
+        var done: Int64 = 0
+        var damaged = Set<ChunkLocation>()
+        var scratch = [UInt8](repeating: 0, count: PackFormat.maxRecordLength)
+        for pack in numbers {
+            let file = PackFormat.fileName(pack)
+            let scanned: (end: Int64, fileLength: Int64)
+            do {
+                scanned = try PackScanner.scan(path: store.packPath(pack), withPayloads: true) { rec in
+                    report.records += 1
+                    let what = "pack \(file) offset \(rec.ref.location.offset) \(rec.kind) \(rec.ref.hash.short)"
+                    guard rec.checksumOK else {
+                        report.damagedChunks.append("\(what): checksum mismatch")
+                        damaged.insert(rec.ref.location)
+                        return
+                    }
+                    let ok = scratch.withUnsafeMutableBytes { out -> Bool in
+                        let o = UnsafeMutableRawBufferPointer(rebasing: out[0..<rec.rawLength])
+                        guard Compression.decompress(rec.codec, UnsafeRawBufferPointer(rebasing: rec.bytes[PackFormat.recordHeaderSize...]), into: o) else { return false }
+                        return ChunkHash.of(UnsafeRawBufferPointer(o)) == rec.ref.hash
+                    }
+                    if !ok {
+                        report.damagedChunks.append("\(what): content does not match its SHA-256")
+                        damaged.insert(rec.ref.location)
+                    }
+                }
+            } catch let e as StoreError {
+                report.damagedChunks.append("pack \(file): \(e.description)")
+                continue
+            }
+            report.packs += 1
+            report.packBytes += scanned.fileLength
+            if scanned.end < scanned.fileLength {
+                report.tornTails.append("pack \(file): \(scanned.fileLength - scanned.end) bytes after offset \(scanned.end) are not whole records")
+            }
+            done += scanned.fileLength
+            progress?(done, total)
+        }
+
+        // Walk every tree; shared subtrees are checked once.
+        var checkedNodes = Set<ChunkHash>()
+        for name in store.namespace.images(under: "") {
+            report.images += 1
+            guard let image = store.namespace.entries[name]?.image else { continue }
+            do {
+                try checkTree(store, image.root, level: Int(image.depth) - 1, damaged: damaged, checked: &checkedNodes, report: &report)
+            } catch let e as StoreError {
+                report.damagedImages[name] = e.description
+            }
+        }
+        return report
+    }
+
+    private static func checkTree(_ store: Store, _ ref: ChunkRef, level: Int, damaged: Set<ChunkLocation>,
+                                  checked: inout Set<ChunkHash>, report: inout VerifyReport) throws {
+        if ref.isZero || checked.contains(ref.hash) { return }
+        if damaged.contains(ref.location) { throw StoreError.damagedChunk(detail: "tree node \(ref.hash.short) is damaged") }
+        let node = try TreeNode.decode(try store.readRecord(ref, kind: .tree), what: "tree node \(ref.hash.short)")
+        report.treeNodes += 1
+        guard Int(node.level) == level else { throw StoreError.damagedChunk(detail: "tree node \(ref.hash.short) is at the wrong level") }
+        for r in node.refs where !r.isZero {
+            if level > 0 {
+                try checkTree(store, r, level: level - 1, damaged: damaged, checked: &checked, report: &report)
+            } else {
+                if damaged.contains(r.location) { throw StoreError.damagedChunk(detail: "chunk \(r.hash.short) is damaged") }
+                guard store.recordIsPresent(r, kind: .data) else {
+                    throw StoreError.damagedChunk(detail: "chunk \(r.hash.short) is missing from pack \(PackFormat.fileName(r.location.pack))")
+                }
+            }
+        }
+        checked.insert(ref.hash)
+    }
+}
+
+extension Store {
+    /// Whether the record `ref` names is where it says (or where the index says), by its header.
+    func recordIsPresent(_ ref: ChunkRef, kind: RecordKind) -> Bool {
+        func at(_ loc: ChunkLocation) -> Bool {
+            guard let h = try? packs.handle(loc.pack) else { return false }
+            var header = [UInt8](repeating: 0, count: PackFormat.recordHeaderSize)
+            guard let n = try? header.withUnsafeMutableBytes({ try h.fd.readFully(into: $0, at: Int64(loc.offset)) }),
+                  n == header.count, let parsed = header.withUnsafeBytes({ PackFormat.loadRecordHeader($0.baseAddress!) })
+            else { return false }
+            return parsed.hash == ref.hash && parsed.kind == kind && parsed.storedLength == Int(loc.storedLength)
+        }
+        if at(ref.location) { return true }
+        if let loc = index.lookup(ref.hash), loc != ref.location { return at(loc) }
+        return false
+    }
+}
