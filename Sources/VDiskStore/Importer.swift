@@ -78,16 +78,12 @@ public enum Importer {
         let perBatch = max(1, batchBytes / blockSize)
         let blocks = Int64((UInt64(size) + UInt64(blockSize) - 1) / UInt64(blockSize))
         var builder = TreeBuilder(store: { node in try store.storeNode(node) })
-        let bound = Compression.bound(blockSize)
         // Two read buffers: one is hashed and compressed while the next is read.
         let buffers = [UnsafeMutableRawBufferPointer.allocate(byteCount: perBatch * blockSize, alignment: 4096),
                        UnsafeMutableRawBufferPointer.allocate(byteCount: perBatch * blockSize, alignment: 4096)]
-        let packed = UnsafeMutableRawBufferPointer.allocate(byteCount: perBatch * bound, alignment: 16)
-        defer { buffers.forEach { $0.deallocate() }; packed.deallocate() }
-        var hashes = [ChunkHash](repeating: .zero, count: perBatch)
-        var codecs = [Codec](repeating: .raw, count: perBatch)
-        var packedLengths = [Int](repeating: 0, count: perBatch)
-        let workers = max(1, min(8, ProcessInfo.activeCores))
+        defer { buffers.forEach { $0.deallocate() } }
+        let encoder = BlockEncoder(blockSize: blockSize, capacity: perBatch)
+        var tally = BlockEncoder.Tally()
         let readQueue = DispatchQueue(label: "vdiskfs.import.read")
 
         func readBatch(_ first: Int64, into buf: UnsafeMutableRawBufferPointer) -> Result<Int, StoreError> {
@@ -116,55 +112,8 @@ public enum Importer {
                 let other = buffers[1 - current]
                 readQueue.async(group: group) { nextResult = readBatch(next, into: other) }
             }
-            // Hash every non-zero block, on every core.
-            hashes.withUnsafeMutableBufferPointer { hp in
-                DispatchQueue.concurrentPerform(iterations: workers) { w in
-                    var i = w
-                    while i < count {
-                        let block = UnsafeRawBufferPointer(rebasing: buf[(i * blockSize)..<((i + 1) * blockSize)])
-                        hp[i] = isAllZero(block) ? .zero : ChunkHash.of(block)
-                        i += workers
-                    }
-                }
-            }
-            // Dedup (serial): which blocks are new, first occurrence only.
-            var refs = [ChunkRef](repeating: .zero, count: count)
-            var fresh: [Int] = []
-            var firstInBatch: [ChunkHash: Int] = [:]
-            var laterCopies: [(Int, Int)] = []
-            for i in 0..<count {
-                let h = hashes[i]
-                if h.isZero { report.zeroBlocks += 1; continue }
-                if let ref = store.existing(h) { refs[i] = ref; report.duplicateBlocks += 1; continue }
-                if let j = firstInBatch[h] { laterCopies.append((i, j)); report.duplicateBlocks += 1; continue }
-                firstInBatch[h] = i
-                fresh.append(i)
-            }
-            // Compress new blocks, on every core.
-            codecs.withUnsafeMutableBufferPointer { cp in
-                packedLengths.withUnsafeMutableBufferPointer { lp in
-                    DispatchQueue.concurrentPerform(iterations: workers) { w in
-                        var k = w
-                        while k < fresh.count {
-                            let i = fresh[k]
-                            let block = UnsafeRawBufferPointer(rebasing: buf[(i * blockSize)..<((i + 1) * blockSize)])
-                            let out = UnsafeMutableRawBufferPointer(rebasing: packed[(k * bound)..<((k + 1) * bound)])
-                            (cp[k], lp[k]) = Compression.compress(block, into: out)
-                            k += workers
-                        }
-                    }
-                }
-            }
-            // Append (serial), then build the tree in block order.
-            for (k, i) in fresh.enumerated() {
-                let payload = UnsafeRawBufferPointer(rebasing: packed[(k * bound)..<(k * bound + packedLengths[k])])
-                refs[i] = try store.storeEncoded(hash: hashes[i], kind: .data, codec: codecs[k], rawLength: blockSize, payload: payload)
-                report.newChunks += 1
-                report.newStoredBytes += UInt64(packedLengths[k] + PackFormat.recordHeaderSize)
-            }
-            for (i, j) in laterCopies { refs[i] = refs[j] }
+            let refs = try encoder.store(UnsafeRawBufferPointer(buf), count: count, into: store, tally: &tally)
             for r in refs { try builder.append(r) }
-            try store.flushIndexIfLarge()
             report.blocks += UInt64(count)
             first = next
             group.wait()
@@ -172,6 +121,10 @@ public enum Importer {
             current = 1 - current
             progress?(min(first * Int64(blockSize), size), size)
         }
+        report.zeroBlocks = tally.zero
+        report.duplicateBlocks = tally.duplicate
+        report.newChunks = tally.new
+        report.newStoredBytes = tally.newStoredBytes
         let (depth, root) = try builder.finish(blocks: UInt64(blocks))
         return ImageRoot(size: UInt64(size), blockSize: UInt32(blockSize), depth: depth, root: root)
     }

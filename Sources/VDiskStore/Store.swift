@@ -29,7 +29,7 @@ public final class Store: @unchecked Sendable {
     public let storeID: [UInt8]
     let packs: PackReader
     let index: ChunkIndex
-    private let lockFD: FileDescriptor
+    private var lockFD: FileDescriptor?
     private var writer: PackWriter?
     private let writeLock = NSLock()
     let nodeCache = NodeCache(capacity: 4096)
@@ -85,7 +85,17 @@ public final class Store: @unchecked Sendable {
         self.namespaceRef = namespaceRef
     }
 
-    deinit { try? lockFD.close() }
+    deinit { try? lockFD?.close() }
+
+    /// Lets go of the store's lock. Commits are explicit, so nothing is written here;
+    /// the store must not be used afterwards.
+    public func close() {
+        writeLock.lock(); defer { writeLock.unlock() }
+        try? writer?.sealCurrent()
+        writer = nil
+        try? lockFD?.close()
+        lockFD = nil
+    }
 
     /// Opens an existing store. `purpose` is recorded in the lock file so that a second
     /// writer is told who holds it.

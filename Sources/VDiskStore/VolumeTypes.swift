@@ -1,0 +1,72 @@
+import Foundation
+import Glibc
+import Synchronization
+
+/// A stable number for a file or directory of a mounted store, kept across renames for
+/// the life of the ``Volume``. The top directory is ``Volume/rootNode``.
+public typealias NodeID = UInt64
+
+/// What `stat` shows of a file or directory of a ``Volume``.
+public struct NodeAttributes: Equatable, Sendable {
+    public var node: NodeID
+    public var isDirectory: Bool
+    /// Full st_mode (type bits included).
+    public var mode: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var size: UInt64
+    /// Bytes the file occupies (non-zero blocks, dirty ones included), for st_blocks.
+    public var allocatedBytes: UInt64
+    public var blockSize: UInt32
+    public var mtime: Int64
+    public var ctime: Int64
+    public var linkCount: UInt32
+    /// Under `.snapshots`: writes fail with EROFS.
+    public var readOnly: Bool
+
+    public init(node: NodeID, isDirectory: Bool, mode: UInt32, uid: UInt32, gid: UInt32, size: UInt64, allocatedBytes: UInt64,
+                blockSize: UInt32, mtime: Int64, ctime: Int64, linkCount: UInt32, readOnly: Bool) {
+        self.node = node; self.isDirectory = isDirectory; self.mode = mode; self.uid = uid; self.gid = gid
+        self.size = size; self.allocatedBytes = allocatedBytes; self.blockSize = blockSize
+        self.mtime = mtime; self.ctime = ctime; self.linkCount = linkCount; self.readOnly = readOnly
+    }
+}
+
+/// Which attributes `setAttributes` changes (nil: keep).
+public struct AttributeChanges: Sendable {
+    public var mode: UInt32?
+    public var uid: UInt32?
+    public var gid: UInt32?
+    public var size: UInt64?
+    public var mtime: Int64?
+    public var ctime: Int64?
+    public init(mode: UInt32? = nil, uid: UInt32? = nil, gid: UInt32? = nil, size: UInt64? = nil, mtime: Int64? = nil, ctime: Int64? = nil) {
+        self.mode = mode; self.uid = uid; self.gid = gid; self.size = size; self.mtime = mtime; self.ctime = ctime
+    }
+}
+
+/// Space figures for statfs.
+public struct VolumeSpace: Sendable {
+    /// Bytes of the file system holding the store, and free there.
+    public var totalBytes: UInt64
+    public var freeBytes: UInt64
+    public var availableBytes: UInt64
+    public var files: UInt64
+}
+
+/// Settings of a mounted volume.
+public struct VolumeOptions: Sendable {
+    /// Directory of the write-back journal (default: STORE/journal).
+    public var journalDirectory: String?
+    /// Bytes of decompressed chunks kept in memory.
+    public var cacheBytes: Int = 256 << 20
+    /// Flush dirty blocks into the store after this many seconds...
+    public var flushInterval: Double = 5
+    /// ...or when the journal passes this many bytes.
+    public var flushThreshold: Int64 = 256 << 20
+    /// Writers wait (they do not fail) when the journal passes this many bytes.
+    public var journalLimit: Int64 = 1 << 30
+    /// Block size of images created on the volume.
+    public var newImageBlockSize: UInt32 = 4096
+    public init() {}
+}

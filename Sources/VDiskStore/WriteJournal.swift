@@ -1,0 +1,135 @@
+import Glibc
+import SystemPackage
+
+/// The write-back journal: an append-only log of block writes on local disk, in segments
+/// `journal-<seq>.log`. A write is acknowledged once appended; fsync makes the segment
+/// durable. The flusher freezes the current segment, moves its blocks into the store,
+/// commits, and deletes it. A crash leaves segments behind; the next mount replays them.
+///
+/// Record: `magic u32 "VJRN" | kind u8 | 0 u8 | path length u16 | block u64 |
+/// image size after u64 | payload length u32 | crc32c u32 | path | payload`, the crc32c
+/// covering header bytes 0..<28, path and payload. Kinds: 1 data (payload: the block),
+/// 2 zero (no payload), 3 ref (payload: a ChunkRef of a chunk already in the store),
+/// 4 size (no payload: the image grew to the size field, e.g. by fallocate).
+/// Replay stops at the first record that does not check out (a torn tail).
+final class WriteJournal: @unchecked Sendable {
+    static let magic: UInt32 = 0x4E52_4A56
+    static let headerSize = 32
+
+    enum Kind: UInt8 { case data = 1, zero = 2, ref = 3, size = 4 }
+
+    /// One segment file. Kept open while any dirty entry points into it.
+    final class Segment: @unchecked Sendable {
+        let sequence: UInt64
+        let path: String
+        let fd: FileDescriptor
+        /// Bytes reserved so far (appends go at the end).
+        var size: Int64
+        init(sequence: UInt64, path: String, fd: FileDescriptor, size: Int64) {
+            self.sequence = sequence; self.path = path; self.fd = fd; self.size = size
+        }
+        deinit { try? fd.close() }
+    }
+
+    /// A record met by ``replay(directory:_:)``.
+    struct Record {
+        var kind: Kind
+        var path: String
+        var block: UInt64
+        var sizeAfter: UInt64
+        var payload: [UInt8]
+    }
+
+    let directory: String
+
+    init(directory: String) throws {
+        self.directory = directory
+        try FileIO.makeDirectory(directory)
+    }
+
+    static func fileName(_ seq: UInt64) -> String { "journal-\(seq).log" }
+
+    /// Sequence numbers of the segments on disk, oldest first.
+    func segmentsOnDisk() throws -> [UInt64] {
+        try FileIO.list(directory).compactMap { name -> UInt64? in
+            guard name.hasPrefix("journal-"), name.hasSuffix(".log") else { return nil }
+            return UInt64(name.dropFirst(8).dropLast(4))
+        }.sorted()
+    }
+
+    /// Creates segment `seq` (durably: the directory is fsynced).
+    func createSegment(_ seq: UInt64) throws -> Segment {
+        let path = directory + "/" + Self.fileName(seq)
+        let fd = try FileIO.open(path, .readWrite, options: [.create, .truncate], permissions: [.ownerReadWrite], context: "create journal")
+        try FileIO.syncDirectory(containing: path)
+        return Segment(sequence: seq, path: path, fd: fd, size: 0)
+    }
+
+    /// Removes a segment whose blocks are committed to the store.
+    func delete(_ segment: Segment) {
+        unlink(segment.path)
+        try? FileIO.syncDirectory(containing: segment.path)
+    }
+
+    /// Bytes one record takes.
+    static func recordSize(pathBytes: Int, payload: Int) -> Int { headerSize + pathBytes + payload }
+
+    /// Encodes a record into `to` (which holds `recordSize` bytes); returns the payload's offset within it.
+    static func encode(to p: UnsafeMutableRawPointer, kind: Kind, path: [UInt8], block: UInt64, sizeAfter: UInt64,
+                       payload: UnsafeRawBufferPointer) -> Int {
+        p.storeBytes(of: magic.littleEndian, as: UInt32.self)
+        p.storeBytes(of: kind.rawValue, toByteOffset: 4, as: UInt8.self)
+        p.storeBytes(of: UInt8(0), toByteOffset: 5, as: UInt8.self)
+        p.storeBytes(of: UInt16(path.count).littleEndian, toByteOffset: 6, as: UInt16.self)
+        p.storeBytes(of: block.littleEndian, toByteOffset: 8, as: UInt64.self)
+        p.storeBytes(of: sizeAfter.littleEndian, toByteOffset: 16, as: UInt64.self)
+        p.storeBytes(of: UInt32(payload.count).littleEndian, toByteOffset: 24, as: UInt32.self)
+        path.withUnsafeBytes { (p + headerSize).copyMemory(from: $0.baseAddress!, byteCount: path.count) }
+        if payload.count > 0 { (p + headerSize + path.count).copyMemory(from: payload.baseAddress!, byteCount: payload.count) }
+        var crc = crc32c(UnsafeRawBufferPointer(start: p, count: 28))
+        crc = crc32c(UnsafeRawBufferPointer(start: p + headerSize, count: path.count + payload.count), seed: crc)
+        p.storeBytes(of: crc.littleEndian, toByteOffset: 28, as: UInt32.self)
+        return headerSize + path.count
+    }
+
+    /// Reads every whole record of segment file `path`, oldest first.
+    static func replay(path: String, _ body: (Record) throws -> Void) throws {
+        let bytes = try FileIO.readAll(path)
+        var off = 0
+        try bytes.withUnsafeBytes { b in
+            while off + headerSize <= b.count {
+                let p = b.baseAddress! + off
+                guard UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)) == magic,
+                      let kind = Kind(rawValue: p.load(fromByteOffset: 4, as: UInt8.self)) else { break }
+                let pathLen = Int(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 6, as: UInt16.self)))
+                let payLen = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt32.self)))
+                guard payLen <= 1 << 20, off + headerSize + pathLen + payLen <= b.count else { break }
+                var crc = crc32c(UnsafeRawBufferPointer(start: p, count: 28))
+                crc = crc32c(UnsafeRawBufferPointer(start: p + headerSize, count: pathLen + payLen), seed: crc)
+                guard crc == UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 28, as: UInt32.self)) else { break }
+                let path = String(decoding: UnsafeRawBufferPointer(start: p + headerSize, count: pathLen), as: UTF8.self)
+                let payload = Array(UnsafeRawBufferPointer(start: p + headerSize + pathLen, count: payLen))
+                try body(Record(kind: kind, path: path,
+                                block: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
+                                sizeAfter: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self)),
+                                payload: payload))
+                off += headerSize + pathLen + payLen
+            }
+        }
+    }
+}
+
+/// A reader-writer lock (pthread): appends share it, the flusher's segment switch takes it alone.
+final class ReadWriteLock: @unchecked Sendable {
+    private let lock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
+    init() { pthread_rwlock_init(lock, nil) }
+    deinit { pthread_rwlock_destroy(lock); lock.deallocate() }
+    func withReadLock<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_rwlock_rdlock(lock); defer { pthread_rwlock_unlock(lock) }
+        return try body()
+    }
+    func withWriteLock<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_rwlock_wrlock(lock); defer { pthread_rwlock_unlock(lock) }
+        return try body()
+    }
+}

@@ -1,0 +1,143 @@
+import XCTest
+@testable import VDiskStore
+
+final class StoreTests: XCTestCase {
+    func newStore() throws -> (String, Store) {
+        let dir = temporaryDirectory(self)
+        try Store.create(at: dir + "/store")
+        return (dir, try Store.open(at: dir + "/store", access: .readWrite))
+    }
+
+    func testOpenErrors() throws {
+        let dir = temporaryDirectory(self)
+        XCTAssertThrowsStoreError(try Store.open(at: dir + "/none", access: .readOnly)) { $0 == .storeMissing(path: dir + "/none") }
+        XCTAssertThrowsStoreError(try Store.open(at: dir, access: .readOnly)) { $0 == .notAStore(path: dir) }
+        try Store.create(at: dir + "/s")
+        XCTAssertThrowsStoreError(try Store.create(at: dir + "/s")) { $0 == .nameExists(name: dir + "/s") }
+        writeFile(dir + "/s/vdiskfs.json", Array("{\"format\": \"vdiskfs\", \"version\": 99, \"id\": \"00\"}".utf8))
+        XCTAssertThrowsStoreError(try Store.open(at: dir + "/s", access: .readOnly)) { if case .corruptStore = $0 { return true }; return false }
+        try Store.create(at: dir + "/t")
+        try? FileManager.default.removeItem(atPath: dir + "/t/roots/current")
+        XCTAssertThrowsStoreError(try Store.open(at: dir + "/t", access: .readOnly)) { if case .corruptStore = $0 { return true }; return false }
+    }
+
+    func testWriterLockExcludesOthers() throws {
+        let (dir, s) = try newStore()
+        XCTAssertThrowsStoreError(try Store.open(at: dir + "/store", access: .readWrite)) { if case .storeLocked = $0 { return true }; return false }
+        XCTAssertThrowsStoreError(try Store.open(at: dir + "/store", access: .readOnly)) { if case .storeLocked = $0 { return true }; return false }
+        _ = s
+    }
+
+    func testImportExportRoundTripDedupAndSparseness() throws {
+        let (dir, s) = try newStore()
+        for bs in [4096, 65536] {
+            let image = makeImage(blocks: 3000, blockSize: 4096, seed: UInt64(bs), tail: 1234)
+            writeFile(dir + "/in-\(bs).img", image)
+            let r = try Importer.importImage(into: s, from: dir + "/in-\(bs).img", as: "vms/\(bs).img", blockSize: UInt32(bs))
+            XCTAssertEqual(r.size, UInt64(image.count))
+            try Exporter.export(from: s, image: "vms/\(bs).img", to: dir + "/out-\(bs).img")
+            XCTAssertEqual(readFile(dir + "/out-\(bs).img"), image, "block size \(bs)")
+        }
+        // The same content again dedups completely.
+        let before = try s.diskBytes().packs
+        let r = try Importer.importImage(into: s, from: dir + "/in-4096.img", as: "copy.img")
+        XCTAssertEqual(r.newChunks, 0)
+        XCTAssertLessThan(try s.diskBytes().packs - before, 64 << 10)
+        // Zero blocks are holes in the export.
+        var st = stat()
+        stat(dir + "/out-4096.img", &st)
+        XCTAssertLessThan(Int(st.st_blocks) * 512, 3000 * 4096 * 9 / 10)
+        // Name clash and missing input leave the namespace alone.
+        let gen = s.namespace.generation
+        XCTAssertThrowsStoreError(try Importer.importImage(into: s, from: dir + "/in-4096.img", as: "copy.img")) { $0 == .nameExists(name: "copy.img") }
+        XCTAssertThrowsStoreError(try Importer.importImage(into: s, from: dir + "/nope", as: "x.img")) { if case .inputUnreadable = $0 { return true }; return false }
+        XCTAssertThrowsStoreError(try Importer.importImage(into: s, from: dir, as: "x.img")) { if case .inputUnreadable = $0 { return true }; return false }
+        XCTAssertEqual(s.namespace.generation, gen)
+        XCTAssertTrue(try Verifier.verify(s).isClean)
+        let stats = try s.stats()
+        XCTAssertEqual(stats.images, 3)
+        XCTAssertGreaterThan(stats.dedupRatio, 1)
+    }
+
+    func testReopenSeesCommittedState() throws {
+        let dir = temporaryDirectory(self)
+        try Store.create(at: dir + "/s")
+        let image = makeImage(blocks: 500, seed: 3)
+        writeFile(dir + "/a.img", image)
+        do {
+            let s = try Store.open(at: dir + "/s", access: .readWrite)
+            _ = try Importer.importImage(into: s, from: dir + "/a.img", as: "a.img")
+        }
+        let s = try Store.open(at: dir + "/s", access: .readOnly)
+        try Exporter.export(from: s, image: "a.img", to: dir + "/b.img")
+        XCTAssertEqual(readFile(dir + "/b.img"), image)
+    }
+
+    func testRollbackUndoesUncommittedWrites() throws {
+        let (dir, s) = try newStore()
+        let committed = try s.diskBytes().packs
+        var rng = SeededBytes(seed: 9)
+        var block = rng.bytes(4096)
+        let ref = try block.withUnsafeBytes { try s.storeBlock($0) }
+        XCTAssertNotNil(s.existing(ref.hash))
+        try s.rollback()
+        XCTAssertNil(s.existing(ref.hash))
+        XCTAssertEqual(try s.diskBytes().packs, committed)
+        // The store still works and verifies.
+        block[0] ^= 1
+        _ = try block.withUnsafeBytes { try s.storeBlock($0) }
+        try s.commit(s.namespace)
+        XCTAssertTrue(try Verifier.verify(s).isClean)
+        _ = dir
+    }
+
+    func testDamagedPackIsDetectedNeverReturned() throws {
+        let (dir, s) = try newStore()
+        let image = makeImage(blocks: 200, seed: 5)
+        writeFile(dir + "/a.img", image)
+        _ = try Importer.importImage(into: s, from: dir + "/a.img", as: "a.img")
+        let pack = try s.packNumbers().last!
+        // Flip a byte in the middle of the pack (inside some record's payload).
+        let path = s.packPath(pack)
+        var bytes = readFile(path)
+        bytes[bytes.count / 2] ^= 0x40
+        writeFile(path, bytes)
+        s.packs.closeAll()
+        let report = try Verifier.verify(s)
+        XCTAssertFalse(report.isClean)
+        XCTAssertFalse(report.damagedChunks.isEmpty)
+        XCTAssertEqual(Array(report.damagedImages.keys), ["a.img"])
+        XCTAssertThrowsStoreError(try Exporter.export(from: s, image: "a.img", to: dir + "/out.img")) { if case .damagedChunk = $0 { return true }; return false }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out.img"), "a failed export leaves no partial file")
+    }
+
+    func testIndexRebuildFromPacksAlone() throws {
+        let (dir, s) = try newStore()
+        let image = makeImage(blocks: 400, seed: 11)
+        writeFile(dir + "/a.img", image)
+        _ = try Importer.importImage(into: s, from: dir + "/a.img", as: "a.img")
+        let someHash = try s.blockRef(try s.image("a.img"), 1).hash
+        try s.rebuildIndex(progress: nil)
+        XCTAssertNotNil(s.existing(someHash))
+        // A second import still dedups against the rebuilt index.
+        let r = try Importer.importImage(into: s, from: dir + "/a.img", as: "b.img")
+        XCTAssertEqual(r.newChunks, 0)
+    }
+
+    func testRemoveAndUsage() throws {
+        let (dir, s) = try newStore()
+        writeFile(dir + "/a.img", makeImage(blocks: 100, seed: 1))
+        writeFile(dir + "/b.img", makeImage(blocks: 100, seed: 2))
+        _ = try Importer.importImage(into: s, from: dir + "/a.img", as: "d/a.img")
+        _ = try Importer.importImage(into: s, from: dir + "/a.img", as: "d/a2.img")
+        _ = try Importer.importImage(into: s, from: dir + "/b.img", as: "b.img")
+        let usage = try s.usage(under: "")
+        let a = usage.first { $0.name == "d/a.img" }!
+        XCTAssertEqual(a.uniqueBytes, 0, "a shares every chunk with a2")
+        XCTAssertGreaterThan(usage.first { $0.name == "b.img" }!.uniqueBytes, 0)
+        XCTAssertThrowsStoreError(try s.remove("d")) { if case .invalidArgument = $0 { return true }; return false }
+        try s.remove("d/a2.img")
+        XCTAssertThrowsStoreError(try s.remove("d/a2.img")) { $0 == .noSuchImage(name: "d/a2.img") }
+        XCTAssertGreaterThan(try s.usage(under: "d").first!.uniqueBytes, 0)
+    }
+}
