@@ -106,6 +106,16 @@ final class PackWriter {
         }
     }
 
+    /// Drops buffered records and lets go of every pack without writing more (rollback:
+    /// the caller deletes or cuts what was written).
+    func abandon() {
+        buffered = 0
+        for (_, f) in unsynced { try? f.close() }
+        if let f = fd, unsynced[currentPack] == nil { try? f.close() }
+        unsynced.removeAll()
+        fd = nil
+    }
+
     /// Seals the current pack (it will not be appended to again).
     func sealCurrent() throws {
         guard let f = fd else { return }

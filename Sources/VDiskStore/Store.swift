@@ -430,7 +430,7 @@ public final class Store: @unchecked Sendable {
     public func rollback() throws {
         writeLock.lock(); defer { writeLock.unlock() }
         guard !uncommitted.isEmpty else { return }
-        try writer?.sealCurrent()
+        writer?.abandon()
         writer = nil
         let cut = uncommitted
         try index.remove { loc in
@@ -457,10 +457,15 @@ public final class Store: @unchecked Sendable {
     }
 }
 
-/// Writes a line to standard error (the daemon's log when mounted).
-public func log(_ line: String) {
+/// Where the store's diagnostic lines go (damaged chunks, flush failures): standard error
+/// by default, the daemon's log when mounted. The command line silences it for one-shot
+/// verbs, whose errors are reported once, as their exit message.
+nonisolated(unsafe) public var logHandler: ((String) -> Void)? = { line in
     FileHandle.standardError.write(Data((line + "\n").utf8))
 }
+
+/// Writes a diagnostic line through ``logHandler``.
+public func log(_ line: String) { logHandler?(line) }
 
 extension FileIO {
     static func size(_ path: String) -> Int {

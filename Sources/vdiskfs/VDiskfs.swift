@@ -28,6 +28,8 @@ struct VDiskfs: ParsableCommand {
     static func main() {
         do {
             var command = try parseAsRoot()
+            // One-shot verbs report a failure once, as their exit message; a mount keeps a log.
+            if String(describing: type(of: command)) != "MountCommand" { logHandler = nil }
             try command.run()
         } catch let error as StoreError {
             FileHandle.standardError.write(Data("vdiskfs: \(error.description)\n".utf8))
