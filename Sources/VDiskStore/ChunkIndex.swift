@@ -17,8 +17,11 @@ import Synchronization
 final class ChunkIndex: @unchecked Sendable {
     static let pageSize = 4096
     static let bucketHeader = 8
-    static let bucketCapacity = (pageSize - bucketHeader) / ChunkRef.encodedSize  // 85
-    static let magic: [UInt8] = Array("VDISKIX1".utf8)
+    /// Entry: the first 20 bytes of the hash, pack u32, offset u32, stored length u32.
+    /// 160 bits of SHA-256 keep accidental and deliberate collisions out of reach (2^80 work).
+    static let entrySize = 32
+    static let bucketCapacity = (pageSize - bucketHeader) / entrySize  // 127
+    static let magic: [UInt8] = Array("VDISKIX2".utf8)
     static let initialBits = 8
 
     private struct State {
@@ -163,10 +166,38 @@ final class ChunkIndex: @unchecked Sendable {
         let n = min(bucketCount(page), bucketCapacity)
         var e = page + bucketHeader
         for _ in 0..<n {
-            if ChunkHash(bytes: e) == hash { return ChunkRef(loading: e).location }
-            e += ChunkRef.encodedSize
+            if entryMatches(e, hash) { return entryLocation(e) }
+            e += Self.entrySize
         }
         return nil
+    }
+
+    @inline(__always)
+    static func entryMatches(_ e: UnsafeRawPointer, _ h: ChunkHash) -> Bool {
+        UInt64(bigEndian: e.loadUnaligned(as: UInt64.self)) == h.w0
+            && UInt64(bigEndian: e.loadUnaligned(fromByteOffset: 8, as: UInt64.self)) == h.w1
+            && UInt32(bigEndian: e.loadUnaligned(fromByteOffset: 16, as: UInt32.self)) == UInt32(truncatingIfNeeded: h.w2 >> 32)
+    }
+
+    @inline(__always)
+    static func entryLocation(_ e: UnsafeRawPointer) -> ChunkLocation {
+        ChunkLocation(pack: UInt64(UInt32(littleEndian: e.loadUnaligned(fromByteOffset: 20, as: UInt32.self))),
+                      offset: UInt32(littleEndian: e.loadUnaligned(fromByteOffset: 24, as: UInt32.self)),
+                      storedLength: UInt32(littleEndian: e.loadUnaligned(fromByteOffset: 28, as: UInt32.self)))
+    }
+
+    /// The top 64 bits of the hash an entry holds (enough to choose its bucket).
+    @inline(__always)
+    static func entryBucketKey(_ e: UnsafeRawPointer) -> UInt64 { UInt64(bigEndian: e.loadUnaligned(as: UInt64.self)) }
+
+    static func storeEntry(_ e: UnsafeMutableRawPointer, _ h: ChunkHash, _ l: ChunkLocation) {
+        precondition(l.pack <= UInt64(UInt32.max), "pack numbers above 2^32 do not fit the index")
+        e.storeBytes(of: h.w0.bigEndian, as: UInt64.self)
+        e.storeBytes(of: h.w1.bigEndian, toByteOffset: 8, as: UInt64.self)
+        e.storeBytes(of: UInt32(truncatingIfNeeded: h.w2 >> 32).bigEndian, toByteOffset: 16, as: UInt32.self)
+        e.storeBytes(of: UInt32(l.pack).littleEndian, toByteOffset: 20, as: UInt32.self)
+        e.storeBytes(of: l.offset.littleEndian, toByteOffset: 24, as: UInt32.self)
+        e.storeBytes(of: l.storedLength.littleEndian, toByteOffset: 28, as: UInt32.self)
     }
 
     // MARK: public operations
@@ -215,14 +246,14 @@ final class ChunkIndex: @unchecked Sendable {
                     for (h, l) in items {
                         // Replace the entry for a hash already present (a newer location wins).
                         var slot = n
-                        for i in 0..<n where ChunkHash(bytes: p.baseAddress! + Self.bucketHeader + i * ChunkRef.encodedSize) == h { slot = i; break }
+                        for i in 0..<n where Self.entryMatches(p.baseAddress! + Self.bucketHeader + i * Self.entrySize, h) { slot = i; break }
                         if slot == n {
                             // A full bucket keeps the rest pending; the table doubles below.
                             if n == Self.bucketCapacity { continue }
                             n += 1
                             added += 1
                         }
-                        ChunkRef(hash: h, location: l).store(to: p.baseAddress! + Self.bucketHeader + slot * ChunkRef.encodedSize)
+                        Self.storeEntry(p.baseAddress! + Self.bucketHeader + slot * Self.entrySize, h, l)
                         placed.append(h)
                     }
                     p.baseAddress!.storeBytes(of: UInt16(n).littleEndian, as: UInt16.self)
@@ -260,14 +291,14 @@ final class ChunkIndex: @unchecked Sendable {
                     page.withUnsafeMutableBytes { p in
                         p.baseAddress!.copyMemory(from: src, byteCount: Self.pageSize)
                         for i in 0..<n {
-                            let e = p.baseAddress! + Self.bucketHeader + i * ChunkRef.encodedSize
-                            if drop(ChunkRef(loading: e).location) { changed = true; continue }
-                            if keep != i { (p.baseAddress! + Self.bucketHeader + keep * ChunkRef.encodedSize).copyMemory(from: e, byteCount: ChunkRef.encodedSize) }
+                            let e = p.baseAddress! + Self.bucketHeader + i * Self.entrySize
+                            if drop(Self.entryLocation(e)) { changed = true; continue }
+                            if keep != i { (p.baseAddress! + Self.bucketHeader + keep * Self.entrySize).copyMemory(from: e, byteCount: Self.entrySize) }
                             keep += 1
                         }
                         if changed {
-                            let tail = p.baseAddress! + Self.bucketHeader + keep * ChunkRef.encodedSize
-                            tail.initializeMemory(as: UInt8.self, repeating: 0, count: (n - keep) * ChunkRef.encodedSize)
+                            let tail = p.baseAddress! + Self.bucketHeader + keep * Self.entrySize
+                            tail.initializeMemory(as: UInt8.self, repeating: 0, count: (n - keep) * Self.entrySize)
                             p.baseAddress!.storeBytes(of: UInt16(keep).littleEndian, as: UInt16.self)
                             Self.setBucketChecksum(p.baseAddress!)
                         }
@@ -304,12 +335,11 @@ final class ChunkIndex: @unchecked Sendable {
                         let hi = lo + Self.pageSize
                         var nlo = 0, nhi = 0
                         for j in 0..<Self.bucketCount(src) {
-                            let e = src + Self.bucketHeader + j * ChunkRef.encodedSize
-                            let h = ChunkHash(bytes: e)
-                            if Self.bucket(of: h, bits: newBits) & 1 == 0 {
-                                (lo + Self.bucketHeader + nlo * ChunkRef.encodedSize).copyMemory(from: e, byteCount: ChunkRef.encodedSize); nlo += 1
+                            let e = src + Self.bucketHeader + j * Self.entrySize
+                            if Int(Self.entryBucketKey(e) >> UInt64(64 - newBits)) & 1 == 0 {
+                                (lo + Self.bucketHeader + nlo * Self.entrySize).copyMemory(from: e, byteCount: Self.entrySize); nlo += 1
                             } else {
-                                (hi + Self.bucketHeader + nhi * ChunkRef.encodedSize).copyMemory(from: e, byteCount: ChunkRef.encodedSize); nhi += 1
+                                (hi + Self.bucketHeader + nhi * Self.entrySize).copyMemory(from: e, byteCount: Self.entrySize); nhi += 1
                             }
                         }
                         lo.storeBytes(of: UInt16(nlo).littleEndian, as: UInt16.self)
