@@ -446,13 +446,37 @@ public final class Volume: @unchecked Sendable {
         let end = min(size, offset + UInt64(buffer.count))
         let total = Int(end - offset)
         let firstBlock = offset / UInt64(bs)
-        // Tree refs for the blocks not dirty.
-        var refs = [ChunkRef](repeating: .zero, count: sources.count)
+        // Tree refs for the blocks not dirty, one walk per leaf.
+        var refs = sources.contains(where: { if case .tree = $0 { return true } else { return false } })
+            ? try store.blockRefs(root, from: firstBlock, count: sources.count) : [ChunkRef](repeating: .zero, count: sources.count)
         for (i, s) in sources.enumerated() {
             switch s {
-            case .tree: refs[i] = try store.blockRef(root, firstBlock + UInt64(i))
+            case .tree: break
             case .dirty(.ref(let r)): refs[i] = r
-            default: break
+            case .dirty: refs[i] = .zero
+            }
+        }
+        // Whole blocks read straight into the caller's buffer: large reads (streaming) skip the
+        // cache; small ones (random access) go through it.
+        let lastPartial = (end % UInt64(bs)) != 0
+        let wholeFirst = offset % UInt64(bs) == 0 ? 0 : 1
+        let wholeEnd = sources.count - (lastPartial ? 1 : 0)
+        let direct = sources.count > 4 && wholeEnd > wholeFirst
+        if direct {
+            var treeIdx: [Int] = []
+            for i in wholeFirst..<wholeEnd {
+                if case .tree = sources[i], !refs[i].isZero { treeIdx.append(i) } else if case .dirty(.ref) = sources[i], !refs[i].isZero { treeIdx.append(i) }
+            }
+            // Consecutive blocks land in consecutive slots of the output: read them in runs.
+            var k = 0
+            while k < treeIdx.count {
+                var m = k + 1
+                while m < treeIdx.count && treeIdx[m] == treeIdx[m - 1] + 1 { m += 1 }
+                let a = treeIdx[k], b = treeIdx[m - 1] + 1
+                let outStart = Int(UInt64(a) * UInt64(bs) + firstBlock * UInt64(bs) - offset)
+                try store.readBlocks(Array(refs[a..<b]), blockSize: bs,
+                                     into: UnsafeMutableRawBufferPointer(rebasing: buffer[outStart..<(outStart + (b - a) * bs)]))
+                k = m
             }
         }
         func fill(_ i: Int) throws {
@@ -469,25 +493,11 @@ public final class Volume: @unchecked Sendable {
             }
             let r = refs[i]
             if r.isZero { out.initializeMemory(as: UInt8.self, repeating: 0); return }
+            if direct && i >= wholeFirst && i < wholeEnd { return }  // already read above
             let chunk = try cache.get(r, length: bs) { dst in _ = try store.readBlock(r, into: dst) }
             out.baseAddress!.copyMemory(from: chunk.bytes.baseAddress! + lo, byteCount: hi - lo)
         }
-        if sources.count >= 16 {
-            // A large read: decompress on every core.
-            let workers = min(ProcessInfo.processInfo.activeProcessorCount, 4)
-            var failure: Error?
-            let failLock = NSLock()
-            DispatchQueue.concurrentPerform(iterations: workers) { w in
-                var i = w
-                while i < sources.count {
-                    do { try fill(i) } catch { failLock.withLock { failure = failure ?? error } }
-                    i += workers
-                }
-            }
-            if let failure { throw failure }
-        } else {
-            for i in 0..<sources.count { try fill(i) }
-        }
+        for i in 0..<sources.count { try fill(i) }
         return total
     }
 
