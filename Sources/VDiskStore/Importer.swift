@@ -14,6 +14,10 @@ public struct ImportReport: Sendable {
     /// New chunks written and their bytes as stored (after compression).
     public var newChunks: UInt64 = 0
     public var newStoredBytes: UInt64 = 0
+    /// Bytes in blocks a file system marks free that held stale data: stored as zeros.
+    public var freeBytesSkipped: UInt64 = 0
+    /// What file-system-aware import found (partitions, file systems, warnings).
+    public var layoutNotes: [String] = []
     public var seconds: Double = 0
 }
 
@@ -25,7 +29,7 @@ public enum Importer {
     static let batchBytes = 8 << 20
 
     public static func importImage(into store: Store, from inputPath: String, as rawName: String,
-                                   blockSize: UInt32 = 4096, mode: UInt32 = 0o100644,
+                                   blockSize: UInt32 = 4096, mode: UInt32 = 0o100644, fileSystemAware: Bool = true,
                                    progress: ((Int64, Int64) -> Void)? = nil) throws -> ImportReport {
         guard ImageRoot.allowedBlockSizes.contains(blockSize) else {
             throw StoreError.invalidArgument("block size must be one of \(ImageRoot.allowedBlockSizes.map(String.init).joined(separator: ", "))")
@@ -51,9 +55,12 @@ public enum Importer {
 
         let start = DispatchTime.now()
         var report = ImportReport(name: name, size: UInt64(size))
+        // File-system-aware: blocks a file system marks free are stored as zeros.
+        let layout = fileSystemAware ? DiskLayout.probe(input, size: UInt64(size), blockSize: Int(blockSize)) : nil
+        report.layoutNotes = layout?.notes ?? []
         do {
             let root = try ingest(store: store, input: input, inputPath: inputPath, size: size, blockSize: Int(blockSize),
-                                  report: &report, progress: progress)
+                                  layout: layout, report: &report, progress: progress)
             var ns = store.namespace
             let now = PackWriter.nowNanoseconds()
             try ns.addImage(name, root: root, mode: mode, now: now)
@@ -73,7 +80,7 @@ public enum Importer {
     }
 
     /// Streams the input into the store; returns the image's root.
-    static func ingest(store: Store, input: FileDescriptor, inputPath: String, size: Int64, blockSize: Int,
+    static func ingest(store: Store, input: FileDescriptor, inputPath: String, size: Int64, blockSize: Int, layout: DiskLayout?,
                        report: inout ImportReport, progress: ((Int64, Int64) -> Void)?) throws -> ImageRoot {
         let perBatch = max(1, batchBytes / blockSize)
         let blocks = Int64((UInt64(size) + UInt64(blockSize) - 1) / UInt64(blockSize))
@@ -111,6 +118,15 @@ public enum Importer {
             if next < blocks {
                 let other = buffers[1 - current]
                 readQueue.async(group: group) { nextResult = readBatch(next, into: other) }
+            }
+            if let layout, layout.freeBytes > 0 {
+                for i in 0..<count where layout.isFree(Int(first) + i) {
+                    let block = UnsafeMutableRawBufferPointer(rebasing: buf[(i * blockSize)..<((i + 1) * blockSize)])
+                    if !isAllZero(UnsafeRawBufferPointer(block)) {
+                        report.freeBytesSkipped += UInt64(blockSize)
+                        block.initializeMemory(as: UInt8.self, repeating: 0)
+                    }
+                }
             }
             let refs = try encoder.store(UnsafeRawBufferPointer(buf), count: count, into: store, tally: &tally)
             for r in refs { try builder.append(r) }

@@ -8,6 +8,9 @@ struct ImportCommand: ParsableCommand {
         discussion: """
             NAME may contain directories (vms/web1.img); they are created. A NAME that exists is an \
             error. Zero blocks are not stored; blocks the store already has are not stored again. \
+            The import reads MBR and GPT partition tables and ext2/3/4 block bitmaps: blocks a \
+            file system marks free are stored as zeros (they read back as zeros). Anything that \
+            does not validate is stored as plain blocks, with a warning; --raw turns this off. \
             A failed import leaves the store as it was.
             """)
 
@@ -15,6 +18,7 @@ struct ImportCommand: ParsableCommand {
     @Argument(help: "The raw disk image to read.") var file: String
     @Argument(help: "The image's name in the store.") var name: String
     @Option(help: "Block size: 4K, 8K, 16K, 32K or 64K.") var blockSize: String = "4K"
+    @Flag(help: "Store every block as it is: no partition or file-system awareness.") var raw = false
     @Flag(help: "Print the report as JSON.") var json = false
     @Flag(name: .shortAndLong, help: "No progress bar.") var quiet = false
 
@@ -24,17 +28,20 @@ struct ImportCommand: ParsableCommand {
         }
         let s = try Store.open(at: try store.path, access: .readWrite, purpose: "import")
         let bar = ProgressBar("import", quiet: quiet)
-        let r = try Importer.importImage(into: s, from: file, as: name, blockSize: bs32, progress: bar.callback)
+        let r = try Importer.importImage(into: s, from: file, as: name, blockSize: bs32, fileSystemAware: !raw, progress: bar.callback)
         bar.finish()
+        for note in r.layoutNotes where note.hasPrefix("warning:") { FileHandle.standardError.write(Data("vdiskfs: \(note)\n".utf8)) }
         if json {
             try printJSON(["name": .string(r.name), "size": .int(Int64(r.size)), "blocks": .int(Int64(r.blocks)),
                            "zero_blocks": .int(Int64(r.zeroBlocks)), "duplicate_blocks": .int(Int64(r.duplicateBlocks)),
                            "new_chunks": .int(Int64(r.newChunks)), "new_stored_bytes": .int(Int64(r.newStoredBytes)),
+                           "free_bytes_skipped": .int(Int64(r.freeBytesSkipped)),
                            "seconds": .double(r.seconds)] as [String: JSONValue])
         } else if !quiet {
             let rate = r.seconds > 0 ? Double(r.size) / r.seconds : 0
             print("imported \(r.name): \(formatBytes(Int64(r.size))) in \(String(format: "%.2f", r.seconds)) s (\(formatBytes(Int64(rate)))/s), " +
-                  "\(r.newChunks) new chunks (\(formatBytes(Int64(r.newStoredBytes))) stored), \(r.duplicateBlocks) duplicate and \(r.zeroBlocks) zero blocks")
+                  "\(r.newChunks) new chunks (\(formatBytes(Int64(r.newStoredBytes))) stored), \(r.duplicateBlocks) duplicate and \(r.zeroBlocks) zero blocks, " +
+                  "\(formatBytes(Int64(r.freeBytesSkipped))) of free file-system blocks skipped")
         }
     }
 }

@@ -75,7 +75,7 @@ final class CommandLineTests: XCTestCase {
     func testDiskFullLeavesTheStoreAsItWas() throws {
         let dir = temporaryDirectory(self)
         try sh("mkdir -p \(dir)/small && mount -t tmpfs -o size=6M tmpfs \(dir)/small")
-        defer { _ = try? IntegrationTests.run("/bin/umount", ["\(dir)/small"]) }
+        defer { _ = try? runProgram("/bin/umount", ["\(dir)/small"]) }
         let s = "\(dir)/small/store"
         XCTAssertEqual(try vdiskfs("init", "-s", s).status, 0)
         try sh("head -c 1000000 /dev/urandom > \(dir)/ok.img && head -c 20000000 /dev/urandom > \(dir)/big.img")

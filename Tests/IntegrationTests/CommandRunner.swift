@@ -18,7 +18,7 @@ enum Binary {
 }
 
 @discardableResult
-func run(_ program: String, _ args: [String], env: [String: String] = [:]) throws -> Run {
+func runProgram(_ program: String, _ args: [String], env: [String: String] = [:]) throws -> Run {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: program)
     p.arguments = args
@@ -41,12 +41,12 @@ func run(_ program: String, _ args: [String], env: [String: String] = [:]) throw
     return Run(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
 }
 
-func vdiskfs(_ args: String..., env: [String: String] = [:]) throws -> Run { try run(Binary.vdiskfs, args, env: env) }
+func vdiskfs(_ args: String..., env: [String: String] = [:]) throws -> Run { try runProgram(Binary.vdiskfs, args, env: env) }
 
 /// Runs a shell command, failing the test when it fails.
 @discardableResult
 func sh(_ command: String, file: StaticString = #filePath, line: UInt = #line) throws -> String {
-    let r = try run("/bin/sh", ["-c", command])
+    let r = try runProgram("/bin/sh", ["-c", command])
     XCTAssertEqual(r.status, 0, "\(command): \(r.stderr)", file: file, line: line)
     return r.stdout
 }
