@@ -38,6 +38,8 @@ public final class Store: @unchecked Sendable {
     public private(set) var namespace: Namespace
     /// The ref of the committed namespace record.
     public private(set) var namespaceRef: ChunkRef
+    /// The ref of the committed snapshot table (zero: no snapshots). Kept by every commit.
+    public internal(set) var snapshotTableRef: ChunkRef = .zero
     /// Per pack: its length at the last commit (0 for packs created since).
     private var uncommitted: [UInt64: Int64] = [:]
 
@@ -158,7 +160,8 @@ public final class Store: @unchecked Sendable {
         return fd
     }
 
-    /// The roots file: `"VDISKRT1" | version u32 | generation u64 | time i64 | namespace ChunkRef | crc32c`.
+    /// The roots file: `"VDISKRT1" | version u32 | generation u64 | time i64 | namespace ChunkRef |
+    /// snapshot table ChunkRef (zero: none) | crc32c`. Both refs change in one atomic replace.
     static let rootMagic: [UInt8] = Array("VDISKRT1".utf8)
 
     private func loadRoot() throws {
@@ -166,7 +169,7 @@ public final class Store: @unchecked Sendable {
         do { bytes = try FileIO.readAll(path + "/roots/current") } catch {
             throw StoreError.corruptStore(detail: "the root file roots/current is missing")
         }
-        guard bytes.count == 8 + 4 + 8 + 8 + 48 + 4, Array(bytes[0..<8]) == Self.rootMagic else {
+        guard bytes.count == 8 + 4 + 8 + 8 + 48 + 48 + 4, Array(bytes[0..<8]) == Self.rootMagic else {
             throw StoreError.corruptStore(detail: "the root file roots/current is damaged")
         }
         let crc = bytes.withUnsafeBytes { crc32c(UnsafeRawBufferPointer(rebasing: $0[0..<(bytes.count - 4)])) }
@@ -174,6 +177,7 @@ public final class Store: @unchecked Sendable {
         r.offset = bytes.count - 4
         guard try r.u32() == crc else { throw StoreError.corruptStore(detail: "the root file roots/current fails its checksum") }
         let ref = bytes.withUnsafeBytes { ChunkRef(loading: $0.baseAddress! + 28) }
+        snapshotTableRef = bytes.withUnsafeBytes { ChunkRef(loading: $0.baseAddress! + 76) }
         let nsBytes = try readRecord(ref, kind: .namespace)
         namespace = try Namespace.decode(nsBytes)
         namespaceRef = ref
@@ -415,6 +419,8 @@ public final class Store: @unchecked Sendable {
         root.i64(PackWriter.nowNanoseconds())
         var refBytes = [UInt8](repeating: 0, count: ChunkRef.encodedSize)
         refBytes.withUnsafeMutableBytes { ref.store(to: $0.baseAddress!) }
+        root.raw(refBytes)
+        refBytes.withUnsafeMutableBytes { snapshotTableRef.store(to: $0.baseAddress!) }
         root.raw(refBytes)
         let crc = root.bytes.withUnsafeBytes { crc32c($0) }
         root.u32(crc)
