@@ -141,3 +141,34 @@ final class StoreTests: XCTestCase {
         XCTAssertGreaterThan(try s.usage(under: "d").first!.uniqueBytes, 0)
     }
 }
+
+final class CloneTests: XCTestCase {
+    func testCloneSharesEverythingAndDiverges() throws {
+        let dir = temporaryDirectory(self)
+        try Store.create(at: dir + "/s")
+        let s = try Store.open(at: dir + "/s", access: .readWrite)
+        let image = makeImage(blocks: 2000, seed: 21)
+        writeFile(dir + "/a.img", image)
+        _ = try Importer.importImage(into: s, from: dir + "/a.img", as: "a.img")
+        let before = try s.diskBytes().packs
+        try s.clone("a.img", to: "vms/b.img")
+        XCTAssertLessThan(try s.diskBytes().packs - before, 4096, "a clone writes only a namespace record")
+        XCTAssertEqual(try s.image("vms/b.img"), try s.image("a.img"))
+        XCTAssertThrowsStoreError(try s.clone("a.img", to: "vms/b.img")) { $0 == .nameExists(name: "vms/b.img") }
+        XCTAssertThrowsStoreError(try s.clone("nope", to: "c.img")) { $0 == .noSuchImage(name: "nope") }
+        s.close()
+        // Writing the clone through a volume leaves the source alone.
+        let v = try Volume(store: try Store.open(at: dir + "/s", access: .readWrite))
+        let vms = try v.lookup(parent: Volume.rootNode, name: "vms").node
+        let b = try v.lookup(parent: vms, name: "b.img").node
+        _ = try [UInt8](repeating: 0xEE, count: 10000).withUnsafeBytes { try v.write(b, offset: 4096, data: $0) }
+        try v.close()
+        let r = try Store.open(at: dir + "/s", access: .readOnly)
+        try Exporter.export(from: r, image: "a.img", to: dir + "/a.out")
+        XCTAssertEqual(readFile(dir + "/a.out"), image)
+        try Exporter.export(from: r, image: "vms/b.img", to: dir + "/b.out")
+        var expected = image
+        expected.replaceSubrange(4096..<14096, with: [UInt8](repeating: 0xEE, count: 10000))
+        XCTAssertEqual(readFile(dir + "/b.out"), expected)
+    }
+}
