@@ -43,6 +43,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "VDiskStoreTests", dependencies: ["VDiskStore"]),
+        .testTarget(name: "VDiskAnalyzeTests", dependencies: ["VDiskAnalyze", "VDiskStore"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VDiskStore"]),
     ],
     swiftLanguageModes: [.v5]

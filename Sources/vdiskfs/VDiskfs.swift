@@ -22,8 +22,8 @@ struct VDiskfs: ParsableCommand {
             22 busy, 64 usage.
             """,
         version: version,
-        subcommands: [InitCommand.self, ImportCommand.self, ExportCommand.self, ListCommand.self,
-                      RemoveCommand.self, StatsCommand.self, VerifyCommand.self])
+        subcommands: [InitCommand.self, ImportCommand.self, ExportCommand.self, ListCommand.self, CloneCommand.self,
+                      RemoveCommand.self, StatsCommand.self, VerifyCommand.self, AnalyzeCommand.self])
 
     static func main() {
         do {
