@@ -18,13 +18,13 @@ let package = Package(
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         // Thin C shims: what Swift cannot import directly (macros, inline functions, intrinsics).
-        .target(name: "CChecksum", cSettings: [.unsafeFlags(["-O3"])]),
+        .target(name: "CSupport", cSettings: [.unsafeFlags(["-O3"])]),
         .target(name: "CFuseShim", dependencies: ["CFuse"]),
         // The deduplicating store. No FUSE, no command line.
         .target(
             name: "VDiskStore",
             dependencies: [
-                "CLZ4", "CCrypto", "CChecksum",
+                "CLZ4", "CCrypto", "CSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         // Image similarity analysis (the paper's section 2); needs no store.

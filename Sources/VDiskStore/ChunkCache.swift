@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 
 /// A bounded in-memory cache of decompressed chunks, keyed by hash, with single-flight
 /// fills: when several readers miss on the same chunk, one reads it and the others wait.
@@ -7,11 +6,39 @@ import Synchronization
 /// LRU): hits in the old generation move to the new one; when the new one is full, the
 /// old one is dropped.
 final class ChunkCache: @unchecked Sendable {
-    /// A cached chunk's bytes.
+    /// A cached chunk's bytes; the buffer goes back to the pool when the last reader lets go.
     final class Entry: @unchecked Sendable {
         let bytes: UnsafeMutableRawBufferPointer
-        init(count: Int) { bytes = .allocate(byteCount: count, alignment: 64) }
-        deinit { bytes.deallocate() }
+        private let pool: BufferPool
+        init(count: Int, pool: BufferPool) { self.pool = pool; bytes = pool.take(count) }
+        deinit { pool.give(bytes) }
+    }
+
+    /// Recycles chunk buffers by size, up to a byte limit, so a busy cache does not churn
+    /// malloc (with many FUSE threads that fragments glibc's per-thread arenas and RSS
+    /// climbs far past the cache's size).
+    final class BufferPool: @unchecked Sendable {
+        private let free = Locked<(buffers: [Int: [UnsafeMutableRawBufferPointer]], bytes: Int)>(([:], 0))
+        let limit: Int
+        init(limit: Int) { self.limit = limit }
+        func take(_ count: Int) -> UnsafeMutableRawBufferPointer {
+            if let b = free.withLock({ f -> UnsafeMutableRawBufferPointer? in
+                guard let b = f.buffers[count]?.popLast() else { return nil }
+                f.bytes -= count
+                return b
+            }) { return b }
+            return .allocate(byteCount: count, alignment: 64)
+        }
+        func give(_ b: UnsafeMutableRawBufferPointer) {
+            let kept = free.withLock { f -> Bool in
+                guard f.bytes + b.count <= limit else { return false }
+                f.buffers[b.count, default: []].append(b)
+                f.bytes += b.count
+                return true
+            }
+            if !kept { b.deallocate() }
+        }
+        deinit { free.withLock { f in for list in f.buffers.values { for b in list { b.deallocate() } } } }
     }
 
     private final class Fill: @unchecked Sendable {
@@ -27,10 +54,16 @@ final class ChunkCache: @unchecked Sendable {
         var filling: [ChunkHash: Fill] = [:]
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
     let capacityBytes: Int
 
-    init(capacityBytes: Int) { self.capacityBytes = max(capacityBytes, 1 << 20) }
+    private let pool: BufferPool
+
+    init(capacityBytes: Int) {
+        self.capacityBytes = max(capacityBytes, 1 << 20)
+        // Buffers dropped with the old generation are reused for the next fills.
+        pool = BufferPool(limit: self.capacityBytes / 2 + (8 << 20))
+    }
 
     /// The chunk `ref` (raw length `length`), read with `load` on a miss.
     func get(_ ref: ChunkRef, length: Int, load: (UnsafeMutableRawBufferPointer) throws -> Void) throws -> Entry {
@@ -53,7 +86,7 @@ final class ChunkCache: @unchecked Sendable {
             f.done.wait()
             return try f.result!.get()
         case .fill(let f):
-            let entry = Entry(count: length)
+            let entry = Entry(count: length, pool: pool)
             let result: Result<Entry, StoreError>
             do { try load(entry.bytes); result = .success(entry) }
             catch { result = .failure(StoreError.system(error, "read chunk", path: "")) }

@@ -1,5 +1,5 @@
 import CCrypto
-import CChecksum
+import CSupport
 
 /// The SHA-256 of a chunk's uncompressed bytes: its identity in the store.
 /// The all-zero hash is reserved for "a block of zeros" (or a subtree of them):

@@ -1,6 +1,5 @@
 import Glibc
 import SystemPackage
-import Synchronization
 
 /// The on-disk index from chunk hash to location, used to find duplicates on write and
 /// to follow a stale tree pointer after packs were rewritten. The read path does not use it.
@@ -35,14 +34,14 @@ final class ChunkIndex: @unchecked Sendable {
     }
 
     let path: String
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
     /// Pending entries past which the owner should flush (bounded heap use).
     static let pendingLimit = 262_144
 
     private init(path: String, state: State) {
         self.path = path
-        self.state = Mutex(state)
+        self.state = Locked(state)
     }
 
     deinit {

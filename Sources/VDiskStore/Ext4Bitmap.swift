@@ -1,4 +1,4 @@
-import CChecksum
+import CSupport
 
 /// Which blocks of an ext2/ext3/ext4 file system are free, from its superblock, group
 /// descriptors and block bitmaps. Only used when everything validates: a clean file system

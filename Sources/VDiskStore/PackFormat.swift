@@ -1,4 +1,4 @@
-import CChecksum
+import CSupport
 
 /// What a record in a pack holds.
 public enum RecordKind: UInt8, Sendable {

@@ -1,11 +1,10 @@
 import Glibc
 import SystemPackage
-import Synchronization
 
 /// Reads and checks records from packs. Thread-safe; keeps a bounded set of open packs.
 final class PackReader: @unchecked Sendable {
     let directory: String
-    private let handles = Mutex<[UInt64: Handle]>([:])
+    private let handles = Locked<[UInt64: Handle]>([:])
     static let maxOpen = 256
 
     /// An open pack; closed when the last reader lets go of it.

@@ -1,7 +1,6 @@
 import Foundation
 import Glibc
 import SystemPackage
-import Synchronization
 
 /// A vdiskfs store: a directory of packs, an index and a root.
 ///
@@ -32,7 +31,8 @@ public final class Store: @unchecked Sendable {
     private var lockFD: FileDescriptor?
     private var writer: PackWriter?
     private let writeLock = NSLock()
-    let nodeCache = NodeCache(capacity: 4096)
+    /// Decoded tree nodes (16 MiB unless a Volume sizes it from its cache budget).
+    let nodeCache = NodeCache(capacityBytes: 16 << 20)
 
     /// The committed namespace.
     public private(set) var namespace: Namespace
@@ -480,21 +480,38 @@ extension FileIO {
     }
 }
 
-/// A bounded cache of decoded tree nodes, keyed by hash. Thread-safe.
+/// A bounded cache of decoded tree nodes, keyed by hash, sized in bytes. Thread-safe.
 final class NodeCache: @unchecked Sendable {
-    private let nodes: Mutex<[ChunkHash: TreeNode]>
-    let capacity: Int
+    private let nodes = Locked<(map: [ChunkHash: TreeNode], bytes: Int)>(([:], 0))
+    private(set) var capacityBytes: Int
 
-    init(capacity: Int) { self.capacity = capacity; nodes = Mutex([:]) }
+    init(capacityBytes: Int) { self.capacityBytes = capacityBytes }
 
-    func get(_ h: ChunkHash) -> TreeNode? { nodes.withLock { $0[h] } }
+    func get(_ h: ChunkHash) -> TreeNode? { nodes.withLock { $0.map[h] } }
+
+    static func cost(_ n: TreeNode) -> Int { 64 + n.refs.count * MemoryLayout<ChunkRef>.stride }
 
     func put(_ h: ChunkHash, _ n: TreeNode) {
-        nodes.withLock { d in
-            if d.count >= capacity, let victim = d.keys.first { d[victim] = nil }
-            d[h] = n
+        nodes.withLock { c in
+            if c.map[h] != nil { return }
+            while c.bytes + Self.cost(n) > capacityBytes, let victim = c.map.first {
+                c.map[victim.key] = nil
+                c.bytes -= Self.cost(victim.value)
+            }
+            c.map[h] = n
+            c.bytes += Self.cost(n)
         }
     }
 
-    func removeAll() { nodes.withLock { $0.removeAll() } }
+    func resize(_ bytes: Int) {
+        nodes.withLock { c in
+            capacityBytes = bytes
+            while c.bytes > capacityBytes, let victim = c.map.first {
+                c.map[victim.key] = nil
+                c.bytes -= Self.cost(victim.value)
+            }
+        }
+    }
+
+    func removeAll() { nodes.withLock { $0 = ([:], 0) } }
 }

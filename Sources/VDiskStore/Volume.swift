@@ -1,3 +1,4 @@
+import CSupport
 import Foundation
 import Glibc
 import SystemPackage
@@ -98,7 +99,12 @@ public final class Volume: @unchecked Sendable {
         guard store.access == .readWrite else { throw StoreError.readOnly(name: store.path) }
         self.store = store
         self.options = options
-        cache = ChunkCache(capacityBytes: options.cacheBytes)
+        // The cache budget covers decoded tree nodes (1/8) and decompressed chunks (the rest).
+        store.nodeCache.resize(max(options.cacheBytes / 8, 1 << 20))
+        cache = ChunkCache(capacityBytes: options.cacheBytes - options.cacheBytes / 8)
+        // A mount runs many FUSE threads; one malloc arena per thread would hold freed memory
+        // apart and let RSS climb past the configured caches.
+        vdisk_limit_malloc_arenas(2)
         journal = try WriteJournal(directory: options.journalDirectory ?? store.path + "/journal")
         rootAttributes = (PackWriter.nowNanoseconds(), getuid(), getgid())
         for (path, entry) in store.namespace.entries.sorted(by: { $0.key < $1.key }) {

@@ -1,6 +1,5 @@
 import Foundation
 import Glibc
-import Synchronization
 
 /// A stable number for a file or directory of a mounted store, kept across renames for
 /// the life of the ``Volume``. The top directory is ``Volume/rootNode``.

@@ -1,5 +1,5 @@
-#ifndef VDISK_CHECKSUM_H
-#define VDISK_CHECKSUM_H
+#ifndef VDISK_SUPPORT_H
+#define VDISK_SUPPORT_H
 #include <stddef.h>
 #include <stdint.h>
 
@@ -11,5 +11,10 @@ uint32_t vdisk_crc32c(uint32_t crc, const void *data, size_t len);
 /// Whether every byte of `len` bytes is zero. Why C: a word-at-a-time scan the optimiser
 /// vectorises; zero blocks are detected on ingest without hashing them.
 int vdisk_is_zero(const void *data, size_t len);
+
+/// Caps glibc's malloc arenas at `n`. Why C: mallopt and M_ARENA_MAX are not exported by
+/// Swift's Glibc module. A mount runs many FUSE threads; an arena per thread keeps freed
+/// memory apart and lets RSS climb past the configured caches.
+void vdisk_limit_malloc_arenas(int n);
 
 #endif

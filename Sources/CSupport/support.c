@@ -1,4 +1,5 @@
-#include "vdisk_checksum.h"
+#include "vdisk_support.h"
+#include <malloc.h>
 #include <string.h>
 
 static uint32_t crc_table[8][256];
@@ -70,3 +71,5 @@ int vdisk_is_zero(const void *data, size_t len) {
     for (; i < len; i++) acc |= p[i];
     return acc == 0;
 }
+
+void vdisk_limit_malloc_arenas(int n) { mallopt(M_ARENA_MAX, n); }
