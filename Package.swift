@@ -35,7 +35,8 @@ let package = Package(
             dependencies: [
                 "VDiskStore", "CFuseShim",
                 .product(name: "SystemPackage", package: "swift-system"),
-            ]),
+            ],
+            exclude: ["MOUNT.md"]),
         .executableTarget(
             name: "vdiskfs",
             dependencies: [
@@ -45,6 +46,7 @@ let package = Package(
         .testTarget(name: "VDiskStoreTests", dependencies: ["VDiskStore"]),
         .testTarget(name: "VDiskAnalyzeTests", dependencies: ["VDiskAnalyze", "VDiskStore"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VDiskStore"]),
+        .testTarget(name: "MountTests", dependencies: ["VDiskStore"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -53,7 +53,10 @@ public final class Volume: @unchecked Sendable {
         /// Dirty blocks of the current segment, and of the segments being flushed.
         var dirty: [UInt64: Dirty] = [:]
         var frozen: [UInt64: Dirty] = [:]
+        /// The size to commit with the frozen blocks; meaningful while `frozenPending`.
         var frozenSize: UInt64 = 0
+        /// Frozen blocks (or a size change) wait for the flusher.
+        var frozenPending = false
         let writeLock = NSLock()
 
         init(id: NodeID, path: String, entry: Namespace.Entry) {
@@ -137,12 +140,12 @@ public final class Volume: @unchecked Sendable {
                 }
                 n.liveSize = max(n.liveSize, rec.sizeAfter)
                 n.frozenSize = n.liveSize
+                n.frozenPending = true
             }
         }
         segment = try journal.createSegment((old.last ?? 0) + 1)
         if !old.isEmpty {
             log("vdiskfs: replaying the journal: \(replayed) block writes from \(old.count) segment(s)\(skipped > 0 ? ", \(skipped) for removed images skipped" : "")")
-            for n in nodes.values where n.frozen.isEmpty && n.liveSize != n.root.size { n.frozenSize = n.liveSize }
             flushLock.lock(); defer { flushLock.unlock() }
             try flushFrozen()
         }
@@ -176,7 +179,11 @@ public final class Volume: @unchecked Sendable {
     }
 
     private func attributesLocked(_ n: Node) -> NodeAttributes {
-        let allocated = (n.allocatedBlocks ?? 0) + Int64(n.dirty.count + n.frozen.count)
+        // Dirty non-zero blocks count as allocated (an upper bound until the flusher runs).
+        var dirtyData = 0
+        for d in n.dirty.values { if case .zero = d {} else { dirtyData += 1 } }
+        for (b, d) in n.frozen where n.dirty[b] == nil { if case .zero = d {} else { dirtyData += 1 } }
+        let allocated = (n.allocatedBlocks ?? 0) + Int64(dirtyData)
         return NodeAttributes(node: n.id, isDirectory: n.isDirectory, mode: n.mode, uid: n.uid, gid: n.gid,
                               size: n.isDirectory ? 4096 : n.liveSize,
                               allocatedBytes: n.isDirectory ? 4096 : UInt64(max(0, allocated)) * UInt64(n.root.blockSize),
@@ -881,21 +888,24 @@ public final class Volume: @unchecked Sendable {
 
     /// Freezes the current segment and flushes what is frozen. Call with `flushLock` held.
     private func flushLocked() throws {
-        try appendLock.withWriteLock {
+        let froze: Bool = try appendLock.withWriteLock {
             try stateLock.withLock {
-                let anyDirty = nodes.values.contains { !$0.dirty.isEmpty || $0.liveSize != $0.root.size }
-                guard anyDirty else { return }
-                for n in nodes.values where !n.isDirectory && (!n.dirty.isEmpty || n.liveSize != n.root.size) {
+                let changed = nodes.values.filter { !$0.isDirectory && (!$0.dirty.isEmpty || $0.liveSize != $0.root.size) }
+                guard !changed.isEmpty else { return false }
+                for n in changed {
                     n.frozen.merge(n.dirty) { _, new in new }
                     n.dirty = [:]
                     n.frozenSize = n.liveSize
+                    n.frozenPending = true
                 }
                 frozenSegments.append(segment)
                 segment = try journal.createSegment(segment.sequence + 1)
+                return true
             }
         }
         spaceFreed.lock(); spaceFreed.broadcast(); spaceFreed.unlock()
-        try flushFrozen()
+        // A failed earlier flush leaves frozen work behind: retry it even with nothing new.
+        if froze || stateLock.withLock({ nodes.values.contains { $0.frozenPending } }) { try flushFrozen() }
     }
 
     /// Stores every frozen block, updates the trees, commits, deletes the frozen segments.
@@ -903,7 +913,7 @@ public final class Volume: @unchecked Sendable {
     /// journal and the next flush tries again.
     private func flushFrozen() throws {
         let work: [(Node, [UInt64: Dirty], UInt64, ImageRoot)] = stateLock.withLock {
-            nodes.values.filter { !$0.isDirectory && (!$0.frozen.isEmpty || $0.frozenSize != $0.root.size && $0.frozenSize > 0) }
+            nodes.values.filter { !$0.isDirectory && $0.frozenPending }
                 .map { ($0, $0.frozen, $0.frozenSize, $0.root) }
         }
         var roots: [NodeID: (ImageRoot, Int64)] = [:]
@@ -925,7 +935,7 @@ public final class Volume: @unchecked Sendable {
                     for (b, r) in zip(pending, refs) { changes.append((b, r)) }
                     pending.removeAll(keepingCapacity: true)
                 }
-                for b in blocks where b * UInt64(bs) < max(size, 1) || size == 0 {
+                for b in blocks where b * UInt64(bs) < size {
                     switch frozen[b]! {
                     case .zero: changes.append((b, .zero))
                     case .ref(let r): changes.append((b, r))
@@ -940,7 +950,9 @@ public final class Volume: @unchecked Sendable {
                 }
                 try drain()
                 changes.sort { $0.block < $1.block }
-                roots[n.id] = try TreeUpdater.apply(store, to: root, newSize: max(size, root.size), changes: changes)
+                // Writes only grow an image (frozenSize >= root.size); shrinking is
+                // setAttributes', which flushes first.
+                roots[n.id] = try TreeUpdater.apply(store, to: root, newSize: size, changes: changes)
             }
             try commitNamespace(roots: roots.mapValues { $0.0 })
         } catch {
@@ -956,6 +968,7 @@ public final class Volume: @unchecked Sendable {
                 n.root = r
                 if let a = n.allocatedBlocks { n.allocatedBlocks = a + delta }
                 n.frozen = [:]
+                n.frozenPending = false
             }
             lastFlushError = nil
             let segs = frozenSegments

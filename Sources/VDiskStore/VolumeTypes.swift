@@ -17,6 +17,7 @@ public struct NodeAttributes: Equatable, Sendable {
     /// Bytes the file occupies (non-zero blocks, dirty ones included), for st_blocks.
     public var allocatedBytes: UInt64
     public var blockSize: UInt32
+    /// Modification and change times, nanoseconds since the epoch.
     public var mtime: Int64
     public var ctime: Int64
     public var linkCount: UInt32
@@ -37,6 +38,7 @@ public struct AttributeChanges: Sendable {
     public var uid: UInt32?
     public var gid: UInt32?
     public var size: UInt64?
+    /// Nanoseconds since the epoch.
     public var mtime: Int64?
     public var ctime: Int64?
     public init(mode: UInt32? = nil, uid: UInt32? = nil, gid: UInt32? = nil, size: UInt64? = nil, mtime: Int64? = nil, ctime: Int64? = nil) {

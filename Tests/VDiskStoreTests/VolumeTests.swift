@@ -156,3 +156,35 @@ final class VolumeTests: XCTestCase {
         try v.close()
     }
 }
+
+final class VolumeTruncateTests: XCTestCase {
+    /// A truncate after writes must survive close and reopen (found by the mount tests).
+    func testTruncateAfterWritesIsDurable() throws {
+        let dir = temporaryDirectory(self)
+        try Store.create(at: dir + "/s")
+        var v = try Volume(store: try Store.open(at: dir + "/s", access: .readWrite))
+        var f = try v.createImage(parent: Volume.rootNode, name: "a.img", mode: 0o644, uid: 0, gid: 0).node
+        _ = try [UInt8](repeating: 7, count: 1 << 20).withUnsafeBytes { try v.write(f, offset: 0, data: $0) }
+        XCTAssertEqual(try v.setAttributes(f, AttributeChanges(size: 1000)).size, 1000)
+        try v.close()
+        XCTAssertEqual(try Store.open(at: dir + "/s", access: .readOnly).image("a.img").size, 1000)
+        // The same with more writes after the truncate, and a crash instead of a close.
+        v = try Volume(store: try Store.open(at: dir + "/s", access: .readWrite))
+        f = try v.lookup(parent: Volume.rootNode, name: "a.img").node
+        _ = try [UInt8](repeating: 9, count: 8192).withUnsafeBytes { try v.write(f, offset: 4096, data: $0) }
+        XCTAssertEqual(try v.setAttributes(f, AttributeChanges(size: 5000)).size, 5000)
+        _ = try [UInt8](repeating: 1, count: 10).withUnsafeBytes { try v.write(f, offset: 100, data: $0) }
+        try v.synchronize(f, dataOnly: true)
+        v.abandonForTesting()
+        v = try Volume(store: try Store.open(at: dir + "/s", access: .readWrite))
+        f = try v.lookup(parent: Volume.rootNode, name: "a.img").node
+        XCTAssertEqual(try v.attributes(f).size, 5000)
+        var out = [UInt8](repeating: 0, count: 6000)
+        let n = try out.withUnsafeMutableBytes { try v.read(f, offset: 0, into: $0) }
+        XCTAssertEqual(n, 5000)
+        var expected = [UInt8](repeating: 7, count: 1000) + [UInt8](repeating: 0, count: 3096) + [UInt8](repeating: 9, count: 904)
+        expected.replaceSubrange(100..<110, with: [UInt8](repeating: 1, count: 10))
+        XCTAssertEqual(Array(out[0..<5000]), expected)
+        try v.close()
+    }
+}

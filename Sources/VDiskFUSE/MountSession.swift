@@ -1,0 +1,82 @@
+import Foundation
+import Glibc
+import VDiskStore
+
+/// One mount of a store, from opening the store to the last flush: the daemon half of
+/// `vdiskfs mount` (and all of it with `-f`).
+///
+/// Opens the store read-write (a second mount of the same store fails with
+/// `StoreError.storeLocked` before anything is mounted), opens the ``Volume`` (which replays
+/// a journal left by a crash), mounts, and serves until `umount`/`fusermount3 -u` or
+/// SIGINT/SIGTERM/SIGHUP. Then it closes the volume (every dirty block flushed and committed)
+/// and unmounts. If closing fails the journal stays on disk and is replayed by the next mount.
+public struct MountSession {
+    /// The store directory.
+    public var storePath: String
+    /// The volume's settings (cache size, journal directory, ...).
+    public var volumeOptions: VolumeOptions
+    /// The FUSE session's settings (mountpoint, `-o` options, ...).
+    public var server: FuseServer.Configuration
+
+    public init(storePath: String, volumeOptions: VolumeOptions, server: FuseServer.Configuration) {
+        self.storePath = storePath
+        self.volumeOptions = volumeOptions
+        self.server = server
+    }
+
+    /// Mounts and serves; returns the exit status (0, or 1 when the final flush failed).
+    /// Throws if the mount could not be set up (not logged: the caller prints it); `ready`
+    /// (the daemon's pipe) is told either way.
+    public func run(ready: ReadinessPipe?) throws -> Int32 {
+        let mountpoint = server.mountpoint
+        let volume: Volume
+        let fuse: FuseServer
+        do {
+            let store = try Store.open(at: storePath, access: .readWrite, purpose: "mount on \(mountpoint)")
+            volume = try Volume(store: store, options: volumeOptions)
+            fuse = FuseServer(volume: volume, configuration: server)
+            log("\(Self.timestamp()) vdiskfs: mounting \(storePath) on \(mountpoint) (pid \(getpid()))")
+            do { try fuse.mount() } catch {
+                fuse.unmount()
+                try? volume.close()
+                throw error
+            }
+        } catch {
+            ready?.fail(error)
+            throw error
+        }
+
+        let status = fuse.serve { result in
+            switch result {
+            case .success:
+                log("\(Self.timestamp()) vdiskfs: mounted \(storePath) on \(mountpoint)")
+                ready?.succeed()
+            case .failure(let error):
+                log("\(Self.timestamp()) vdiskfs: \(error.description)")
+                ready?.fail(error)
+            }
+        }
+        switch status {
+        case 0: log("\(Self.timestamp()) vdiskfs: \(mountpoint) was unmounted; flushing")
+        case let s where s > 0: log("\(Self.timestamp()) vdiskfs: signal \(s); flushing and unmounting \(mountpoint)")
+        default: log("\(Self.timestamp()) vdiskfs: session ended with error \(String(cString: strerror(-status))); flushing")
+        }
+
+        var exitStatus: Int32 = 0
+        do {
+            try volume.close()
+        } catch {
+            log("\(Self.timestamp()) vdiskfs: final flush failed: \(describe(error)); the journal is kept and replays on the next mount")
+            exitStatus = 1
+        }
+        fuse.unmount()
+        log("\(Self.timestamp()) vdiskfs: \(exitStatus == 0 ? "done" : "exiting with errors")")
+        return exitStatus
+    }
+
+    private func describe(_ error: any Error) -> String {
+        (error as? StoreError)?.description ?? String(describing: error)
+    }
+
+    static func timestamp() -> String { ISO8601DateFormatter().string(from: Date()) }
+}

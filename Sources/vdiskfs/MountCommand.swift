@@ -1,0 +1,127 @@
+import ArgumentParser
+import Foundation
+import VDiskFUSE
+import VDiskStore
+
+struct MountCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mount", abstract: "Show the store's images as read/write files under a directory.",
+        discussion: """
+            Mounts the store with FUSE: every image is a file, every image directory a directory. \
+            Writes are journaled on local disk and moved into the store in the background; \
+            fsync makes them durable. Without -f the command returns once the mount is ready \
+            (exit 0) and the daemon logs to --log. Unmount with 'fusermount3 -u MOUNTPOINT' \
+            (or umount), or send the daemon SIGTERM/SIGINT: it flushes every dirty block into \
+            the store, commits and exits. If it is killed, unmount with 'fusermount3 -u'; the \
+            next mount replays the journal. A store can be mounted once at a time (exit 13).
+            """)
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "An existing directory to mount on.") var mountpoint: String
+    @Flag(name: [.short, .long], help: "Stay in the foreground (log to standard error).") var foreground = false
+    @Option(name: .short, help: ArgumentHelp("Mount options, comma separated: allow_other, ro, ... (repeatable).", valueName: "OPTIONS"))
+    var o: [String] = []
+    @Option(name: .customLong("cache-size"), help: ArgumentHelp("Memory for decompressed blocks (default 256M).", valueName: "SIZE"))
+    var cacheSize: String?
+    @Option(name: .customLong("disk-cache"), help: ArgumentHelp("Persistent chunk cache directory (reserved for remote stores; ignored).", valueName: "DIR"))
+    var diskCache: String?
+    @Option(name: .customLong("disk-cache-size"), help: ArgumentHelp("Size of the persistent chunk cache (reserved for remote stores; ignored).", valueName: "SIZE"))
+    var diskCacheSize: String?
+    @Option(help: ArgumentHelp("Write-back journal directory (default STORE/journal); keep it on local disk.", valueName: "DIR"))
+    var journal: String?
+    @Option(help: ArgumentHelp("The daemon's log file (default STORE/mount.log).", valueName: "FILE"))
+    var log: String?
+    @Option(help: ArgumentHelp("Kernel read-ahead of the mount (0 keeps the kernel's 128K).", valueName: "SIZE"))
+    var readahead: String = "1M"
+    @Flag(help: "Log every FUSE request (with -f).") var debug = false
+    @Option(name: .customLong("ready-fd"), help: .hidden) var readyFD: Int32?
+
+    func run() throws {
+        let storePath = try resolveStore()
+        let target = try resolveMountpoint()
+        var volumeOptions = VolumeOptions()
+        if let cacheSize { volumeOptions.cacheBytes = Int(try size(cacheSize, "--cache-size")) }
+        if let diskCacheSize { _ = try size(diskCacheSize, "--disk-cache-size") }
+        if let journal { volumeOptions.journalDirectory = absolute(journal) }
+        let readAheadBytes = try size(readahead, "--readahead")
+        let logPath = absolute(log ?? storePath + "/mount.log")
+
+        if !foreground {
+            // The daemon: this program again, in the foreground, reporting through a pipe.
+            var args = ["mount", "-s", storePath, target, "-f", "--log", logPath, "--readahead", readahead]
+            for opt in o { args += ["-o", opt] }
+            if let cacheSize { args += ["--cache-size", cacheSize] }
+            if let diskCache { args += ["--disk-cache", absolute(diskCache)] }
+            if let diskCacheSize { args += ["--disk-cache-size", diskCacheSize] }
+            if let journal = volumeOptions.journalDirectory { args += ["--journal", journal] }
+            if debug { args.append("--debug") }
+            do {
+                try MountDaemon.launch(arguments: args, logPath: logPath)
+            } catch let failure as MountDaemon.Failure {
+                FileHandle.standardError.write(Data("vdiskfs: \(failure.message)\n".utf8))
+                throw ExitCode(failure.exitCode)
+            }
+            return
+        }
+
+        var ready: ReadinessPipe?
+        if let readyFD {
+            setsid()  // the daemon leaves the caller's session and terminal
+            ready = ReadinessPipe(fd: readyFD)
+        }
+        if diskCache != nil || diskCacheSize != nil {
+            VDiskStore.log("vdiskfs: --disk-cache/--disk-cache-size are reserved for remote stores and ignored")
+        }
+        var server = FuseServer.Configuration(mountpoint: target, fsname: storePath)
+        server.options = o
+        server.readAhead = Int(readAheadBytes)
+        server.debug = debug
+        let session = MountSession(storePath: storePath, volumeOptions: volumeOptions, server: server)
+        let status: Int32
+        do {
+            status = try session.run(ready: ready)
+        } catch {
+            let e = error as? StoreError ?? .io(errno: EIO, context: String(describing: error))
+            guard ready != nil else { throw e }
+            // The daemon: one timestamped line in the log (the parent shows it to the user).
+            VDiskStore.log("\(ISO8601DateFormatter().string(from: Date())) vdiskfs: \(e.description)")
+            throw ExitCode(e.exitCode)
+        }
+        if status != 0 { throw ExitCode(status) }
+    }
+
+    /// The store as an absolute path; it must exist and hold a store.
+    private func resolveStore() throws -> String {
+        let path = try store.path
+        guard let real = realPath(path) else { throw StoreError.storeMissing(path: path) }
+        guard FileManager.default.fileExists(atPath: real + "/" + Store.configName) else { throw StoreError.notAStore(path: path) }
+        return real
+    }
+
+    /// The mountpoint resolved before anything else (the daemon runs elsewhere); it must be a directory.
+    private func resolveMountpoint() throws -> String {
+        guard let real = realPath(mountpoint) else {
+            throw StoreError.invalidArgument("mountpoint \(mountpoint) does not exist")
+        }
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: real, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw StoreError.invalidArgument("mountpoint \(mountpoint) is not a directory")
+        }
+        return real
+    }
+
+    private func realPath(_ path: String) -> String? {
+        guard let p = realpath(path, nil) else { return nil }
+        defer { free(p) }
+        return String(cString: p)
+    }
+
+    private func absolute(_ path: String) -> String {
+        path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+    }
+
+    private func size(_ text: String, _ option: String) throws -> Int64 {
+        guard let v = parseSize(text) else { throw StoreError.invalidArgument("\(option): '\(text)' is not a size (like 512M or 2G)") }
+        return v
+    }
+}
