@@ -35,8 +35,7 @@ let package = Package(
             dependencies: [
                 "VDiskStore", "CFuseShim",
                 .product(name: "SystemPackage", package: "swift-system"),
-            ],
-            exclude: ["MOUNT.md"]),
+            ]),
         .executableTarget(
             name: "vdiskfs",
             dependencies: [
