@@ -8,7 +8,7 @@ import SystemPackage
 public enum Exporter {
     public static func export(from store: Store, image name: String, to outputPath: String, force: Bool = false,
                               progress: ((Int64, Int64) -> Void)? = nil) throws {
-        let image = try store.image(try Namespace.validate(name))
+        guard let image = try store.resolveImage(name).entry.image else { throw StoreError.noSuchImage(name: name) }
         let existing = FileIO.kind(outputPath)
         if existing == S_IFDIR { throw StoreError.outputUnwritable(path: outputPath, reason: "it is a directory") }
         if existing == S_IFREG && !force { throw StoreError.nameExists(name: outputPath) }

@@ -8,6 +8,8 @@ public enum RecordKind: UInt8, Sendable {
     case tree = 2
     /// A namespace: every image and directory at one commit (see ``Namespace``).
     case namespace = 3
+    /// The snapshot table: every kept namespace by name (see ``Snapshot``).
+    case snapshotTable = 4
 }
 
 /// Where a record lives: pack number, byte offset of its header, payload length.

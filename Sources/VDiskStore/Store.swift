@@ -402,11 +402,17 @@ public final class Store: @unchecked Sendable {
 
     /// Makes `namespace` the store's committed state: packs fsynced, index flushed, namespace
     /// record written and fsynced, root file replaced atomically.
-    public func commit(_ newNamespace: Namespace) throws {
+    public func commit(_ newNamespace: Namespace, snapshots newSnapshots: [Snapshot]? = nil) throws {
         var ns = newNamespace
         ns.generation = namespace.generation + 1
         let bytes = ns.encode()
         let ref = try bytes.withUnsafeBytes { (b) throws -> ChunkRef in try storeRecord(b, kind: .namespace) }
+        var tableRef = snapshotTableRef
+        if var list = newSnapshots {
+            // A snapshot taken in this commit keeps the namespace being committed.
+            for i in list.indices where list[i].namespace.isZero { list[i].namespace = ref }
+            tableRef = list.isEmpty ? .zero : try Snapshot.encodeTable(list).withUnsafeBytes { try storeRecord($0, kind: .snapshotTable) }
+        }
         writeLock.lock(); defer { writeLock.unlock() }
         let w = try requireWriter()
         try w.synchronize()
@@ -420,13 +426,14 @@ public final class Store: @unchecked Sendable {
         var refBytes = [UInt8](repeating: 0, count: ChunkRef.encodedSize)
         refBytes.withUnsafeMutableBytes { ref.store(to: $0.baseAddress!) }
         root.raw(refBytes)
-        refBytes.withUnsafeMutableBytes { snapshotTableRef.store(to: $0.baseAddress!) }
+        refBytes.withUnsafeMutableBytes { tableRef.store(to: $0.baseAddress!) }
         root.raw(refBytes)
         let crc = root.bytes.withUnsafeBytes { crc32c($0) }
         root.u32(crc)
         try FileIO.writeAtomically(path + "/roots/current", root.bytes)
         namespace = ns
         namespaceRef = ref
+        snapshotTableRef = tableRef
         uncommitted.removeAll()
     }
 

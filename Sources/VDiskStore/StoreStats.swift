@@ -81,7 +81,7 @@ extension Store {
                     s.chunkRawBytes += Int64(rec.rawLength)
                     s.chunkStoredBytes += Int64(rec.ref.location.recordLength)
                 case .tree: s.treeNodes += 1
-                case .namespace: break
+                case .namespace, .snapshotTable: break
                 }
             }
         }
@@ -150,10 +150,11 @@ extension Store {
     /// Makes `target` a new image with the same content as `source`: the two share every
     /// chunk (the tree is the same), so this costs one commit whatever the size. Writing
     /// either one afterwards never changes the other.
+    /// `source` may name a snapshot's image as `@SNAPSHOT/path`.
     public func clone(_ rawSource: String, to rawTarget: String) throws {
-        let source = try Namespace.validate(rawSource)
+        let (_, e) = try resolveImage(rawSource)
         let target = try Namespace.validate(rawTarget)
-        guard let e = namespace.entries[source], e.kind == .image, let root = e.image else { throw StoreError.noSuchImage(name: source) }
+        guard let root = e.image else { throw StoreError.noSuchImage(name: rawSource) }
         var ns = namespace
         try ns.addImage(target, root: root, mode: e.mode, uid: e.uid, gid: e.gid, now: PackWriter.nowNanoseconds())
         try commit(ns)

@@ -71,9 +71,18 @@ public enum Verifier {
 
         // Walk every tree; shared subtrees are checked once.
         var checkedNodes = Set<ChunkHash>()
-        for name in store.namespace.images(under: "") {
+        // Live images, then every snapshot's (shared subtrees are checked once).
+        var trees: [(String, ImageRoot)] = store.namespace.images(under: "").compactMap { n in store.namespace.entries[n]?.image.map { (n, $0) } }
+        do {
+            for snap in try store.snapshots() {
+                let ns = try store.namespace(ofSnapshot: snap.name)
+                trees += ns.images(under: "").compactMap { n in ns.entries[n]?.image.map { ("@\(snap.name)/\(n)", $0) } }
+            }
+        } catch let e as StoreError {
+            report.damagedImages["(snapshots)"] = e.description
+        }
+        for (name, image) in trees {
             report.images += 1
-            guard let image = store.namespace.entries[name]?.image else { continue }
             do {
                 try checkTree(store, image.root, level: Int(image.depth) - 1, damaged: damaged, checked: &checkedNodes, report: &report)
             } catch let e as StoreError {

@@ -7,7 +7,7 @@ struct CloneCommand: ParsableCommand {
         discussion: "No data is copied: the clone starts with the source's tree. Writing either one never changes the other.")
 
     @OptionGroup var store: StoreOptions
-    @Argument(help: "The image to clone.") var source: String
+    @Argument(help: "The image to clone, or @SNAPSHOT/path for one kept in a snapshot.") var source: String
     @Argument(help: "The new image's name.") var target: String
 
     func run() throws {

@@ -172,3 +172,49 @@ final class CloneTests: XCTestCase {
         XCTAssertEqual(readFile(dir + "/b.out"), expected)
     }
 }
+
+final class SnapshotTests: XCTestCase {
+    func testSnapshotsKeepHistoryCloneRollbackAndLog() throws {
+        let dir = temporaryDirectory(self)
+        try Store.create(at: dir + "/s")
+        var s = try Store.open(at: dir + "/s", access: .readWrite)
+        let v1 = makeImage(blocks: 600, seed: 31)
+        writeFile(dir + "/a.img", v1)
+        _ = try Importer.importImage(into: s, from: dir + "/a.img", as: "vms/a.img")
+        let first = try s.createSnapshot(label: "before")
+        XCTAssertEqual(first.name, "before")
+        XCTAssertThrowsStoreError(try s.createSnapshot(label: "before")) { if case .nameExists = $0 { return true }; return false }
+        XCTAssertThrowsStoreError(try s.createSnapshot(label: "a/b")) { if case .invalidName = $0 { return true }; return false }
+        let auto = try s.createSnapshot()
+        XCTAssertTrue(auto.name.hasSuffix("Z") && auto.name.contains("T"), auto.name)
+        s.close()
+        // Change the image through a volume: 3 blocks rewritten.
+        let v = try Volume(store: try Store.open(at: dir + "/s", access: .readWrite))
+        let vms = try v.lookup(parent: Volume.rootNode, name: "vms").node
+        let a = try v.lookup(parent: vms, name: "a.img").node
+        _ = try [UInt8](repeating: 0x42, count: 3 * 4096).withUnsafeBytes { try v.write(a, offset: 8192, data: $0) }
+        try v.close()
+        s = try Store.open(at: dir + "/s", access: .readWrite)
+        XCTAssertEqual(try s.snapshots().map(\.name), ["before", auto.name])
+        // The snapshot still holds the old bytes, exportable and clonable.
+        try Exporter.export(from: s, image: "@before/vms/a.img", to: dir + "/old.img")
+        XCTAssertEqual(readFile(dir + "/old.img"), v1)
+        try s.clone("@before/vms/a.img", to: "restored.img")
+        XCTAssertEqual(try s.image("restored.img"), try s.namespace(ofSnapshot: "before").entries["vms/a.img"]?.image)
+        // History: two snapshots and the live version, 3 blocks changed at the end.
+        let log = try s.history(of: "vms/a.img")
+        XCTAssertEqual(log.map(\.snapshot), ["before", auto.name, nil])
+        XCTAssertEqual(log.map(\.changedBytes), [UInt64(v1.count), 0, 3 * 4096])
+        // Rollback restores the snapshot's version.
+        try s.rollback("vms/a.img", to: "before")
+        try Exporter.export(from: s, image: "vms/a.img", to: dir + "/rolled.img")
+        XCTAssertEqual(readFile(dir + "/rolled.img"), v1)
+        XCTAssertTrue(try Verifier.verify(s).isClean)
+        try s.deleteSnapshot("before")
+        XCTAssertThrowsStoreError(try s.deleteSnapshot("before")) { if case .noSuchImage = $0 { return true }; return false }
+        XCTAssertEqual(try s.snapshots().count, 1)
+        s.close()
+        // Snapshots survive reopening.
+        XCTAssertEqual(try Store.open(at: dir + "/s", access: .readOnly).snapshots().map(\.name), [auto.name])
+    }
+}
