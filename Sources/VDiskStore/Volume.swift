@@ -24,6 +24,10 @@ import SystemPackage
 public final class Volume: @unchecked Sendable {
     /// The top directory's node.
     public static let rootNode: NodeID = 1
+    /// `.snapshots`: one read-only directory per snapshot. Hidden from the top directory's
+    /// listing (unless ``VolumeOptions/showSnapshotDirectory``) but always reachable by name.
+    public static let snapshotsNode: NodeID = 2
+    public static let snapshotsName = ".snapshots"
 
     public let store: Store
     public let options: VolumeOptions
@@ -57,6 +61,10 @@ public final class Volume: @unchecked Sendable {
         var frozenSize: UInt64 = 0
         /// Frozen blocks (or a size change) wait for the flusher.
         var frozenPending = false
+        /// Set for nodes inside a snapshot: its name, and the node's path within it ("" for
+        /// the snapshot's own directory). Such nodes are read-only.
+        var snapshot: String?
+        var snapshotPath = ""
         let writeLock = NSLock()
 
         init(id: NodeID, path: String, entry: Namespace.Entry) {
@@ -82,7 +90,14 @@ public final class Volume: @unchecked Sendable {
     private let appendLock = ReadWriteLock()
     private var nodes: [NodeID: Node] = [:]
     private var byPath: [String: NodeID] = [:]
-    private var nextNode: NodeID = 2
+    private var nextNode: NodeID = 3
+    /// Nodes handed out for snapshot contents, by "snapshot\0path".
+    private var snapshotNodes: [String: NodeID] = [:]
+    /// Decoded snapshot namespaces, by snapshot name.
+    private var snapshotNamespaces: [String: Namespace] = [:]
+    /// The store's snapshots; read by FUSE threads, replaced under `flushLock` when this
+    /// volume takes or deletes one (the Store's own fields belong to the committing thread).
+    private var snapshotList: [Snapshot] = []
     private let rootAttributes: (mtime: Int64, uid: UInt32, gid: UInt32)
     private let journal: WriteJournal
     private var segment: WriteJournal.Segment!
@@ -144,6 +159,7 @@ public final class Volume: @unchecked Sendable {
             }
         }
         segment = try journal.createSegment((old.last ?? 0) + 1)
+        snapshotList = try store.snapshots()
         if !old.isEmpty {
             log("vdiskfs: replaying the journal: \(replayed) block writes from \(old.count) segment(s)\(skipped > 0 ? ", \(skipped) for removed images skipped" : "")")
             flushLock.lock(); defer { flushLock.unlock() }
@@ -164,7 +180,9 @@ public final class Volume: @unchecked Sendable {
 
     private func directoryPath(_ id: NodeID) throws -> String {
         if id == Self.rootNode { return "" }
+        if id == Self.snapshotsNode { throw StoreError.readOnly(name: Self.snapshotsName) }
         let n = try node(id)
+        if n.snapshot != nil { throw StoreError.readOnly(name: Self.snapshotsName + "/" + n.snapshot!) }
         guard n.isDirectory else { throw StoreError.io(errno: ENOTDIR, context: "not a directory") }
         guard let p = stateLock.withLock({ n.path }) else { throw StoreError.io(errno: ENOENT, context: "directory was removed") }
         return p
@@ -188,7 +206,7 @@ public final class Volume: @unchecked Sendable {
                               size: n.isDirectory ? 4096 : n.liveSize,
                               allocatedBytes: n.isDirectory ? 4096 : UInt64(max(0, allocated)) * UInt64(n.root.blockSize),
                               blockSize: n.isDirectory ? 4096 : n.root.blockSize, mtime: n.mtime, ctime: n.ctime,
-                              linkCount: n.isDirectory ? 2 : (n.path == nil ? 0 : 1), readOnly: false)
+                              linkCount: n.isDirectory ? 2 : (n.path == nil && n.snapshot == nil ? 0 : 1), readOnly: n.snapshot != nil)
     }
 
     private func ensureAllocatedCount(_ n: Node) {
@@ -200,6 +218,8 @@ public final class Volume: @unchecked Sendable {
 
     /// Finds `name` in directory `parent`.
     public func lookup(parent: NodeID, name: String) throws -> NodeAttributes {
+        if parent == Self.rootNode && name == Self.snapshotsName { return try attributes(Self.snapshotsNode) }
+        if let id = try snapshotChild(parent: parent, name: name) { return try attributes(id) }
         let path = try childPath(parent, name)
         guard let id = stateLock.withLock({ byPath[path] }) else { throw StoreError.io(errno: ENOENT, context: "lookup \(path)") }
         return try attributes(id)
@@ -207,6 +227,11 @@ public final class Volume: @unchecked Sendable {
 
     /// The attributes of `node`.
     public func attributes(_ id: NodeID) throws -> NodeAttributes {
+        if id == Self.snapshotsNode {
+            return NodeAttributes(node: id, isDirectory: true, mode: 0o040555, uid: rootAttributes.uid, gid: rootAttributes.gid,
+                                  size: 4096, allocatedBytes: 4096, blockSize: 4096, mtime: rootAttributes.mtime,
+                                  ctime: rootAttributes.mtime, linkCount: 2, readOnly: true)
+        }
         if id == Self.rootNode {
             return NodeAttributes(node: id, isDirectory: true, mode: 0o040755, uid: rootAttributes.uid, gid: rootAttributes.gid,
                                   size: 4096, allocatedBytes: 4096, blockSize: 4096, mtime: rootAttributes.mtime,
@@ -219,6 +244,24 @@ public final class Volume: @unchecked Sendable {
 
     /// The entries of a directory (without . and ..), sorted by name.
     public func list(_ directory: NodeID) throws -> [(name: String, attributes: NodeAttributes)] {
+        if directory == Self.snapshotsNode {
+            return try stateLock.withLock({ snapshotList }).map { snap in (snap.name, try attributes(try snapshotChild(parent: Self.snapshotsNode, name: snap.name)!)) }
+        }
+        if let n = stateLock.withLock({ nodes[directory] }), let snap = n.snapshot {
+            guard n.isDirectory else { throw StoreError.io(errno: ENOTDIR, context: "readdir") }
+            let ns = try snapshotNamespace(snap)
+            return try ns.children(of: n.snapshotPath).map { child in
+                let name = String(child.split(separator: "/").last!)
+                return (name, try attributes(try snapshotChild(parent: directory, name: name)!))
+            }
+        }
+        if directory == Self.rootNode && options.showSnapshotDirectory {
+            return try [(Self.snapshotsName, attributes(Self.snapshotsNode))] + listLive(directory)
+        }
+        return try listLive(directory)
+    }
+
+    private func listLive(_ directory: NodeID) throws -> [(name: String, attributes: NodeAttributes)] {
         let dir = try directoryPath(directory)
         let prefix = dir.isEmpty ? "" : dir + "/"
         let children: [Node] = stateLock.withLock {
@@ -258,7 +301,12 @@ public final class Volume: @unchecked Sendable {
 
     /// Creates a directory.
     public func makeDirectory(parent: NodeID, name: String, mode: UInt32, uid: UInt32, gid: UInt32) throws -> NodeAttributes {
-        try createNode(parent: parent, name: name, directory: true, mode: (mode & 0o7777) | 0o040000, uid: uid, gid: gid)
+        if parent == Self.snapshotsNode {
+            // mkdir .snapshots/NAME takes a snapshot, dirty data included.
+            _ = try takeSnapshot(label: name)
+            return try lookup(parent: Self.snapshotsNode, name: name)
+        }
+        return try createNode(parent: parent, name: name, directory: true, mode: (mode & 0o7777) | 0o040000, uid: uid, gid: gid)
     }
 
     /// Creates an empty image (size 0).
@@ -292,6 +340,21 @@ public final class Volume: @unchecked Sendable {
 
     /// Removes an empty directory (ENOTEMPTY otherwise).
     public func removeDirectory(parent: NodeID, name: String) throws {
+        if parent == Self.snapshotsNode {
+            // rmdir .snapshots/NAME deletes the snapshot.
+            flushLock.lock(); defer { flushLock.unlock() }
+            try store.deleteSnapshot(name)
+            let list = try store.snapshots()
+            stateLock.withLock {
+                snapshotList = list
+                snapshotNamespaces[name] = nil
+                for key in snapshotNodes.keys where key.hasPrefix(name + "\0") {
+                    if let id = snapshotNodes[key] { nodes[id] = nil }
+                    snapshotNodes[key] = nil
+                }
+            }
+            return
+        }
         flushLock.lock(); defer { flushLock.unlock() }
         let path = try childPath(parent, name)
         guard let id = stateLock.withLock({ byPath[path] }), let n = stateLock.withLock({ nodes[id] }) else {
@@ -379,8 +442,10 @@ public final class Volume: @unchecked Sendable {
     /// Changes mode, owner, size (truncate/extend) or times; returns the new attributes.
     public func setAttributes(_ id: NodeID, _ c: AttributeChanges) throws -> NodeAttributes {
         if id == Self.rootNode { return try attributes(id) }
+        if id == Self.snapshotsNode { throw StoreError.readOnly(name: Self.snapshotsName) }
         flushLock.lock(); defer { flushLock.unlock() }
         let n = try node(id)
+        if let snap = n.snapshot { throw StoreError.readOnly(name: Self.snapshotsName + "/" + snap) }
         n.writeLock.lock(); defer { n.writeLock.unlock() }
         var newRoot: ImageRoot?
         var delta: Int64 = 0
@@ -616,8 +681,15 @@ public final class Volume: @unchecked Sendable {
     }
 
     private func writableImage(_ id: NodeID) throws -> Node {
+        let n = try image(id)
+        if let snap = n.snapshot { throw StoreError.readOnly(name: Self.snapshotsName + "/" + snap) }
+        return n
+    }
+
+    /// An image node, live or in a snapshot.
+    private func image(_ id: NodeID) throws -> Node {
         let n = try node(id)
-        guard !n.isDirectory else { throw StoreError.io(errno: EISDIR, context: "write") }
+        guard !n.isDirectory else { throw StoreError.io(errno: EISDIR, context: "not a file") }
         return n
     }
 
@@ -731,7 +803,7 @@ public final class Volume: @unchecked Sendable {
 
     /// SEEK_DATA (`data` true) or SEEK_HOLE from `offset`; throws ENXIO past the end.
     public func seek(_ id: NodeID, offset: UInt64, data wantData: Bool) throws -> UInt64 {
-        let n = try writableImage(id)
+        let n = try image(id)
         let (size, root, dirty): (UInt64, ImageRoot, [UInt64: Bool]) = stateLock.withLock {
             var d: [UInt64: Bool] = [:]
             for (b, v) in n.frozen { if case .zero = v { d[b] = false } else { d[b] = true } }
@@ -777,7 +849,7 @@ public final class Volume: @unchecked Sendable {
 
     /// copy_file_range: block-aligned parts share chunks instead of copying bytes.
     public func copyRange(from sourceID: NodeID, offset sourceOffset: UInt64, to targetID: NodeID, offset targetOffset: UInt64, length: UInt64) throws -> UInt64 {
-        let src = try writableImage(sourceID)
+        let src = try image(sourceID)
         let dst = try writableImage(targetID)
         let (srcSize, srcBS, dstBS) = stateLock.withLock { (src.liveSize, src.root.blockSize, dst.root.blockSize) }
         guard sourceOffset < srcSize else { return 0 }
@@ -876,6 +948,70 @@ public final class Volume: @unchecked Sendable {
         stateLock.withLock {
             if let n = nodes[id], n.path == nil { nodes[id] = nil }
         }
+    }
+
+    // MARK: snapshots
+
+    private func snapshotNamespace(_ name: String) throws -> Namespace {
+        if let ns = stateLock.withLock({ snapshotNamespaces[name] }) { return ns }
+        guard let snap = stateLock.withLock({ snapshotList.first { $0.name == name } }) else {
+            throw StoreError.io(errno: ENOENT, context: "no snapshot \(name)")
+        }
+        let ns = try Namespace.decode(try store.readRecord(snap.namespace, kind: .namespace))
+        stateLock.withLock { snapshotNamespaces[name] = ns }
+        return ns
+    }
+
+    /// The node of `name` inside `.snapshots` or inside a snapshot directory; nil when
+    /// `parent` is neither. Throws ENOENT when the name is not there.
+    private func snapshotChild(parent: NodeID, name: String) throws -> NodeID? {
+        let snap: String, path: String
+        if parent == Self.snapshotsNode {
+            guard stateLock.withLock({ snapshotList.contains { $0.name == name } }) else { throw StoreError.io(errno: ENOENT, context: "no snapshot \(name)") }
+            (snap, path) = (name, "")
+        } else if let p = stateLock.withLock({ nodes[parent] }), let s = p.snapshot {
+            guard p.isDirectory else { throw StoreError.io(errno: ENOTDIR, context: "lookup") }
+            (snap, path) = (s, p.snapshotPath.isEmpty ? name : p.snapshotPath + "/" + name)
+        } else {
+            return nil
+        }
+        let key = snap + "\0" + path
+        if let id = stateLock.withLock({ snapshotNodes[key] }) { return id }
+        let ns = try snapshotNamespace(snap)
+        let entry: Namespace.Entry
+        if path.isEmpty {
+            entry = Namespace.Entry(kind: .directory, mode: 0o040555, uid: rootAttributes.uid, gid: rootAttributes.gid,
+                                    mtime: stateLock.withLock { snapshotList.first { $0.name == snap }?.created } ?? 0, ctime: 0)
+        } else {
+            guard let e = ns.entries[path] else { throw StoreError.io(errno: ENOENT, context: "lookup \(path) in snapshot \(snap)") }
+            entry = e
+        }
+        return stateLock.withLock {
+            if let id = snapshotNodes[key] { return id }
+            let n = Node(id: nextNode, path: path, entry: entry)
+            n.path = nil
+            n.snapshot = snap
+            n.snapshotPath = path
+            nextNode += 1
+            nodes[n.id] = n
+            snapshotNodes[key] = n.id
+            return n.id
+        }
+    }
+
+    /// Flushes every dirty block, then keeps the namespace as a snapshot (default name: the
+    /// UTC time). The snapshot is consistent across images: writes are held off meanwhile.
+    @discardableResult
+    public func takeSnapshot(label: String?) throws -> Snapshot {
+        flushLock.lock(); defer { flushLock.unlock() }
+        try flushLocked()
+        let snap = try store.createSnapshot(label: label)
+        let list = try store.snapshots()
+        stateLock.withLock {
+            snapshotNamespaces[snap.name] = nil
+            snapshotList = list
+        }
+        return snap
     }
 
     // MARK: flushing

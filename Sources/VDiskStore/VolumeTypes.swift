@@ -69,5 +69,7 @@ public struct VolumeOptions: Sendable {
     public var journalLimit: Int64 = 1 << 30
     /// Block size of images created on the volume.
     public var newImageBlockSize: UInt32 = 4096
+    /// List `.snapshots` in the top directory (it is always reachable by name).
+    public var showSnapshotDirectory = false
     public init() {}
 }

@@ -33,6 +33,7 @@ struct MountCommand: ParsableCommand {
     var log: String?
     @Option(help: ArgumentHelp("Kernel read-ahead of the mount (0 keeps the kernel's 128K).", valueName: "SIZE"))
     var readahead: String = "1M"
+    @Flag(help: "List .snapshots in the top directory (it is always reachable by name).") var showSnapshots = false
     @Flag(help: "Log every FUSE request (with -f).") var debug = false
     @Option(name: .customLong("ready-fd"), help: .hidden) var readyFD: Int32?
 
@@ -43,6 +44,7 @@ struct MountCommand: ParsableCommand {
         if let cacheSize { volumeOptions.cacheBytes = Int(try size(cacheSize, "--cache-size")) }
         if let diskCacheSize { _ = try size(diskCacheSize, "--disk-cache-size") }
         if let journal { volumeOptions.journalDirectory = absolute(journal) }
+        volumeOptions.showSnapshotDirectory = showSnapshots
         let readAheadBytes = try size(readahead, "--readahead")
         let logPath = absolute(log ?? storePath + "/mount.log")
 
@@ -55,6 +57,7 @@ struct MountCommand: ParsableCommand {
             if let diskCacheSize { args += ["--disk-cache-size", diskCacheSize] }
             if let journal = volumeOptions.journalDirectory { args += ["--journal", journal] }
             if debug { args.append("--debug") }
+            if showSnapshots { args.append("--show-snapshots") }
             do {
                 try MountDaemon.launch(arguments: args, logPath: logPath)
             } catch let failure as MountDaemon.Failure {

@@ -390,3 +390,33 @@ func randomBytes(_ count: Int, seed: UInt64) -> Data {
     }
     return data.prefix(count)
 }
+
+final class SnapshotMountTests: XCTestCase {
+    func testSnapshotsThroughTheMount() throws {
+        let m = try MountFixture(self)
+        try m.mount()
+        let image = m.path("vms/web.img")
+        try sh("mkdir \(m.path("vms")) && head -c 3000000 /dev/urandom > \(image) && cp \(image) \(m.directory)/v1")
+        try sh("mkdir \(m.path(".snapshots/monday"))")
+        try sh("head -c 100000 /dev/urandom | dd of=\(image) bs=4096 seek=10 conv=notrunc status=none")
+        XCTAssertEqual(try sh("ls \(m.path(".snapshots"))"), "monday\n")
+        XCTAssertFalse(try sh("ls -a \(m.mountpoint)").contains(".snapshots"), "hidden unless asked for")
+        let old = m.path(".snapshots/monday/vms/web.img")
+        try sh("cmp \(old) \(m.directory)/v1")
+        // Every write path into a snapshot fails with EROFS, not EACCES.
+        for command in ["sh -c 'echo x >> \(old)'", "truncate -s 0 \(old)", "rm \(old)", "mv \(old) \(m.path("x.img"))",
+                        "chmod 600 \(old)", "touch \(m.path(".snapshots/monday/new.img"))", "mkdir \(m.path(".snapshots/monday/d"))"] {
+            let r = try runProgram("/bin/sh", ["-c", command + " 2>&1"])
+            XCTAssertNotEqual(r.status, 0, command)
+            XCTAssertTrue(r.stdout.contains("Read-only file system"), "\(command): \(r.stdout)")
+        }
+        // cp out of a snapshot, then the snapshot survives a remount; rmdir deletes it.
+        try sh("cp \(old) \(m.path("restored.img")) && cmp \(m.path("restored.img")) \(m.directory)/v1")
+        try m.remount()
+        try sh("cmp \(m.path(".snapshots/monday/vms/web.img")) \(m.directory)/v1")
+        try sh("rmdir \(m.path(".snapshots/monday"))")
+        XCTAssertEqual(try sh("ls \(m.path(".snapshots"))"), "")
+        try m.unmount()
+        XCTAssertEqual(try vdiskfs("verify", "-s", m.store).status, 0)
+    }
+}

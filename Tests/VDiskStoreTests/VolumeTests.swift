@@ -188,3 +188,42 @@ final class VolumeTruncateTests: XCTestCase {
         try v.close()
     }
 }
+
+final class VolumeSnapshotTests: XCTestCase {
+    func testSnapshotDirectoryIsReadOnlyAndKeepsTheOldBytes() throws {
+        let dir = temporaryDirectory(self)
+        try Store.create(at: dir + "/s")
+        let v = try Volume(store: try Store.open(at: dir + "/s", access: .readWrite))
+        let f = try v.createImage(parent: Volume.rootNode, name: "a.img", mode: 0o644, uid: 0, gid: 0).node
+        _ = try [UInt8](repeating: 1, count: 9000).withUnsafeBytes { try v.write(f, offset: 0, data: $0) }
+        // Dirty data goes into the snapshot: mkdir flushes first.
+        let snapDir = try v.makeDirectory(parent: Volume.snapshotsNode, name: "one", mode: 0o755, uid: 0, gid: 0)
+        XCTAssertTrue(snapDir.readOnly)
+        _ = try [UInt8](repeating: 2, count: 9000).withUnsafeBytes { try v.write(f, offset: 0, data: $0) }
+        XCTAssertEqual(try v.lookup(parent: Volume.rootNode, name: ".snapshots").node, Volume.snapshotsNode)
+        XCTAssertFalse(try v.list(Volume.rootNode).contains { $0.name == ".snapshots" }, "hidden from the listing")
+        XCTAssertEqual(try v.list(Volume.snapshotsNode).map(\.name), ["one"])
+        let old = try v.lookup(parent: snapDir.node, name: "a.img")
+        XCTAssertTrue(old.readOnly)
+        var buf = [UInt8](repeating: 0, count: 9000)
+        _ = try buf.withUnsafeMutableBytes { try v.read(old.node, offset: 0, into: $0) }
+        XCTAssertEqual(buf, [UInt8](repeating: 1, count: 9000))
+        func isEROFS(_ e: StoreError) -> Bool { e.errno == EROFS }
+        XCTAssertThrowsStoreError(try [UInt8](repeating: 3, count: 10).withUnsafeBytes { try v.write(old.node, offset: 0, data: $0) }, isEROFS)
+        XCTAssertThrowsStoreError(try v.setAttributes(old.node, AttributeChanges(size: 0)), isEROFS)
+        XCTAssertThrowsStoreError(try v.setAttributes(old.node, AttributeChanges(mode: 0o600)), isEROFS)
+        XCTAssertThrowsStoreError(try v.unlink(parent: snapDir.node, name: "a.img"), isEROFS)
+        XCTAssertThrowsStoreError(try v.createImage(parent: snapDir.node, name: "x", mode: 0o644, uid: 0, gid: 0), isEROFS)
+        XCTAssertThrowsStoreError(try v.rename(parent: snapDir.node, name: "a.img", newParent: Volume.rootNode, newName: "b.img", noReplace: false, exchange: false), isEROFS)
+        XCTAssertThrowsStoreError(try v.rename(parent: Volume.rootNode, name: "a.img", newParent: snapDir.node, newName: "b.img", noReplace: false, exchange: false), isEROFS)
+        XCTAssertThrowsStoreError(try v.punchHole(old.node, offset: 0, length: 4096), isEROFS)
+        // Copying out of a snapshot (copy_file_range) works and shares chunks.
+        let c = try v.createImage(parent: Volume.rootNode, name: "c.img", mode: 0o644, uid: 0, gid: 0).node
+        XCTAssertEqual(try v.copyRange(from: old.node, offset: 0, to: c, offset: 0, length: 9000), 9000)
+        _ = try buf.withUnsafeMutableBytes { try v.read(c, offset: 0, into: $0) }
+        XCTAssertEqual(buf, [UInt8](repeating: 1, count: 9000))
+        try v.removeDirectory(parent: Volume.snapshotsNode, name: "one")
+        XCTAssertEqual(try v.list(Volume.snapshotsNode).count, 0)
+        try v.close()
+    }
+}
