@@ -362,6 +362,15 @@ public final class Store: @unchecked Sendable {
         return ChunkRef(hash: hash, location: loc)
     }
 
+    /// Runs `body` with the pack writer, under the write lock; appends are noted for rollback.
+    func withWriter<T>(_ body: (PackWriter) throws -> T) throws -> T {
+        writeLock.lock(); defer { writeLock.unlock() }
+        let w = try requireWriter()
+        let result = try body(w)
+        if let loc = result as? ChunkLocation { noteAppend(w, loc) }
+        return result
+    }
+
     /// Looks a chunk up by hash (dedup on write).
     public func existing(_ hash: ChunkHash) -> ChunkRef? {
         index.lookup(hash).map { ChunkRef(hash: hash, location: $0) }

@@ -137,3 +137,40 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(try vdiskfs("verify", "-s", s).status, 0)
     }
 }
+
+final class GarbageCollectionCommandTests: XCTestCase {
+    /// kill -9 a gc at many points: the store must open and verify clean every time, and
+    /// the surviving image must export unchanged.
+    func testKilledGCLeavesAConsistentStore() throws {
+        let dir = temporaryDirectory(self)
+        let s = "\(dir)/store"
+        XCTAssertEqual(try vdiskfs("init", "-s", s).status, 0)
+        try sh("head -c 30000000 /dev/urandom > \(dir)/keep.img")
+        XCTAssertEqual(try vdiskfs("import", "-s", s, "\(dir)/keep.img", "keep.img").status, 0)
+        for round in 0..<6 {
+            try sh("head -c 20000000 /dev/urandom > \(dir)/junk.img")
+            XCTAssertEqual(try vdiskfs("import", "-s", s, "\(dir)/junk.img", "junk.img").status, 0)
+            XCTAssertEqual(try vdiskfs("rm", "-s", s, "junk.img").status, 0)
+            let dry = try vdiskfs("gc", "-s", s, "--dry-run", "--json")
+            XCTAssertEqual(dry.status, 0, dry.stderr)
+            XCTAssertTrue(dry.stdout.contains("bytes_to_free"), dry.stdout)
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: Binary.vdiskfs)
+            p.arguments = ["gc", "-s", s, "-q", "--threshold", "0.9"]
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            usleep(useconds_t(15_000 * round))
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            let v = try vdiskfs("verify", "-s", s)
+            XCTAssertEqual(v.status, 0, "round \(round): \(v.stdout) \(v.stderr)")
+            XCTAssertEqual(try vdiskfs("export", "-s", s, "keep.img", "\(dir)/out\(round)").status, 0)
+            try sh("cmp \(dir)/keep.img \(dir)/out\(round)")
+        }
+        XCTAssertEqual(try vdiskfs("gc", "-s", s, "-q").status, 0)
+        XCTAssertEqual(try vdiskfs("verify", "-s", s).status, 0)
+        let size = Int(try sh("du -sb \(s)/packs | cut -f1").trimmingCharacters(in: .whitespacesAndNewlines))!
+        XCTAssertLessThan(size, 34_000_000, "only keep.img's data is left")
+    }
+}

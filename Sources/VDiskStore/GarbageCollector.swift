@@ -1,0 +1,155 @@
+import Foundation
+import Glibc
+
+/// What garbage collection will do (the plan `--dry-run` prints) or did.
+public struct CollectionPlan: Codable, Sendable {
+    /// Packs with no live record: deleted.
+    public var packsToDelete: [String] = []
+    /// Packs whose live share is below the threshold: live records copied out, then deleted.
+    public var packsToRewrite: [String] = []
+    /// Bytes of the packs above, and the live bytes that move.
+    public var bytesToFree: Int64 = 0
+    public var liveBytesToMove: Int64 = 0
+    public var liveChunks = 0
+    public var packsKept = 0
+
+    enum CodingKeys: String, CodingKey {
+        case packsToDelete = "packs_to_delete", packsToRewrite = "packs_to_rewrite", bytesToFree = "bytes_to_free"
+        case liveBytesToMove = "live_bytes_to_move", liveChunks = "live_chunks", packsKept = "packs_kept"
+    }
+}
+
+/// Garbage collection, plan then execute (as restic's prune):
+///
+/// 1. Mark: every record reachable from the committed namespace, the snapshot table and
+///    every snapshot: namespaces, tree nodes, chunks. (Memory: one hash per live record.)
+/// 2. Plan: per pack, the bytes of records that are live *at that location* (a chunk stored
+///    twice lives once). Packs with nothing live are deleted; packs below `threshold` live
+///    are rewritten.
+/// 3. Execute: copy live records of rewritten packs into new packs and fsync them; point the
+///    index at the copies; commit (a fresh root and snapshot table); then delete the old
+///    packs. A crash at any step leaves a store that opens and verifies: new packs not yet
+///    indexed are orphans for the next gc, and old packs go only after the index moved.
+///    Tree entries that named a moved chunk reach it through the index from then on.
+///
+/// The store must be opened for writing (no mount), and a mount's journal in STORE/journal
+/// must have been replayed (mount and unmount once) so no acknowledged write is lost.
+public enum GarbageCollector {
+    public static func plan(_ store: Store, threshold: Double = 0.5, progress: ((Int64, Int64) -> Void)? = nil) throws -> (CollectionPlan, live: Set<ChunkHash>) {
+        let journal = store.path + "/journal"
+        if let segments = try? FileIO.list(journal), segments.contains(where: { $0.hasPrefix("journal-") && $0.hasSuffix(".log") }) {
+            throw StoreError.busy(name: "\(store.path) has a mount's journal to replay: mount and unmount it first")
+        }
+        // Nothing may be appended to a pack the plan could delete: new records (gc's copies
+        // included) go to a fresh pack from here on.
+        if store.access == .readWrite { try store.withWriter { w in try w.sealCurrent() } }
+        let live = try mark(store)
+        var plan = CollectionPlan()
+        plan.liveChunks = live.count
+        let numbers = try store.packNumbers()
+        var total: Int64 = 0
+        for p in numbers { total += Int64(FileIO.size(store.packPath(p))) }
+        var done: Int64 = 0
+        for pack in numbers {
+            var liveBytes: Int64 = 0
+            let (_, length) = try PackScanner.scan(path: store.packPath(pack), withPayloads: false) { rec in
+                if isLive(rec.ref, store: store, live: live) { liveBytes += Int64(rec.ref.location.recordLength) }
+            }
+            let name = PackFormat.fileName(pack)
+            if liveBytes == 0 {
+                plan.packsToDelete.append(name)
+                plan.bytesToFree += length
+            } else if Double(liveBytes) < threshold * Double(length - Int64(PackFormat.headerSize)) {
+                plan.packsToRewrite.append(name)
+                plan.bytesToFree += length - liveBytes
+                plan.liveBytesToMove += liveBytes
+            } else {
+                plan.packsKept += 1
+            }
+            done += length
+            progress?(done, total)
+        }
+        return (plan, live)
+    }
+
+    /// A record is live where the index says its hash lives (so duplicates are not kept twice).
+    private static func isLive(_ ref: ChunkRef, store: Store, live: Set<ChunkHash>) -> Bool {
+        guard live.contains(ref.hash) else { return false }
+        return store.index.lookup(ref.hash) == ref.location || store.index.lookup(ref.hash) == nil
+    }
+
+    /// Every hash reachable from the root file.
+    static func mark(_ store: Store) throws -> Set<ChunkHash> {
+        var live = Set<ChunkHash>()
+        var namespaces: [Namespace] = [store.namespace]
+        live.insert(store.namespaceRef.hash)
+        if !store.snapshotTableRef.isZero {
+            live.insert(store.snapshotTableRef.hash)
+            for snap in try store.snapshots() {
+                live.insert(snap.namespace.hash)
+                namespaces.append(try Namespace.decode(try store.readRecord(snap.namespace, kind: .namespace)))
+            }
+        }
+        for ns in namespaces {
+            for name in ns.images(under: "") {
+                guard let image = ns.entries[name]?.image else { continue }
+                try markTree(store, image.root, level: Int(image.depth) - 1, live: &live)
+            }
+        }
+        return live
+    }
+
+    private static func markTree(_ store: Store, _ ref: ChunkRef, level: Int, live: inout Set<ChunkHash>) throws {
+        if ref.isZero || live.contains(ref.hash) { return }
+        live.insert(ref.hash)
+        let node = try TreeNode.decode(try store.readRecord(ref, kind: .tree), what: "tree node \(ref.hash.short)")
+        for r in node.refs where !r.isZero {
+            if level > 0 { try markTree(store, r, level: level - 1, live: &live) } else { live.insert(r.hash) }
+        }
+    }
+
+    /// Carries out a plan made by ``plan(_:threshold:progress:)`` on the same store.
+    public static func execute(_ store: Store, _ plan: CollectionPlan, live: Set<ChunkHash>,
+                               progress: ((Int64, Int64) -> Void)? = nil) throws {
+        let rewrite = plan.packsToRewrite.compactMap(PackFormat.packNumber(fileName:))
+        let delete = plan.packsToDelete.compactMap(PackFormat.packNumber(fileName:))
+        guard !rewrite.isEmpty || !delete.isEmpty else { return }
+        try store.withWriter { w in try w.sealCurrent() }
+        // 1. Copy live records out of the packs being rewritten; make the copies durable.
+        var moved: [(ChunkHash, ChunkLocation)] = []
+        var done: Int64 = 0
+        for pack in rewrite {
+            try PackScanner.scan(path: store.packPath(pack), withPayloads: true) { rec in
+                guard rec.checksumOK, isLive(rec.ref, store: store, live: live) else { return }
+                let payload = UnsafeRawBufferPointer(rebasing: rec.bytes[PackFormat.recordHeaderSize...])
+                let loc = try store.appendCopy(kind: rec.kind, hash: rec.ref.hash, codec: rec.codec, rawLength: rec.rawLength, payload: payload)
+                moved.append((rec.ref.hash, loc))
+                done += Int64(rec.ref.location.recordLength)
+                progress?(done, plan.liveBytesToMove)
+            }
+        }
+        try store.synchronizePacks()
+        // 2. The index follows the copies, then forgets the packs that go.
+        for (h, loc) in moved { store.index.insert(h, loc) }
+        try store.index.flush()
+        let going = Set(rewrite + delete)
+        try store.index.remove { going.contains($0.pack) }
+        // 3. A fresh root: namespace and snapshot table rewritten where they now live.
+        try store.commit(store.namespace, snapshots: try store.snapshots())
+        // 4. Only now the old packs go.
+        for p in going { unlink(store.packPath(p)) }
+        try FileIO.syncDirectory(containing: store.packPath(0))
+        store.packs.closeAll()
+        store.nodeCache.removeAll()
+    }
+}
+
+extension Store {
+    /// Appends an already-encoded record (garbage collection's copies). Not deduplicated.
+    func appendCopy(kind: RecordKind, hash: ChunkHash, codec: Codec, rawLength: Int, payload: UnsafeRawBufferPointer) throws -> ChunkLocation {
+        try withWriter { w in try w.append(kind: kind, hash: hash, codec: codec, rawLength: rawLength, payload: payload) }
+    }
+
+    /// Makes every appended record durable.
+    func synchronizePacks() throws { try withWriter { w in try w.synchronize() } }
+}

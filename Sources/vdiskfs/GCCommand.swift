@@ -1,0 +1,39 @@
+import ArgumentParser
+import Foundation
+import VDiskStore
+
+struct GCCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gc", abstract: "Reclaim the space of chunks no image or snapshot uses.",
+        discussion: """
+            Marks every chunk reachable from the images and snapshots, then deletes packs with \
+            nothing live and rewrites packs whose live share is below --threshold. --dry-run \
+            prints the plan (bytes to free, packs to delete and rewrite) and changes nothing. \
+            The store must not be mounted (exit 13); a journal left by a crashed mount must be \
+            replayed first (mount and unmount once; exit 22 otherwise).
+            """)
+
+    @OptionGroup var store: StoreOptions
+    @Flag(help: "Print the plan only.") var dryRun = false
+    @Option(help: "Rewrite packs less than this share live (0 to 1).") var threshold: Double = 0.5
+    @Flag(help: "Print the plan as JSON.") var json = false
+    @Flag(name: .shortAndLong, help: "No progress bar.") var quiet = false
+
+    func run() throws {
+        guard threshold >= 0 && threshold <= 1 else { throw StoreError.invalidArgument("--threshold must be between 0 and 1") }
+        let s = try Store.open(at: try store.path, access: dryRun ? .readOnly : .readWrite, purpose: "gc")
+        let before = try s.diskBytes()
+        let markBar = ProgressBar("plan", quiet: quiet || json)
+        let (plan, live) = try GarbageCollector.plan(s, threshold: threshold, progress: markBar.callback)
+        markBar.finish()
+        if json { try printJSON(plan) } else {
+            print("\(dryRun ? "would free" : "freeing") \(formatBytes(plan.bytesToFree)): delete \(plan.packsToDelete.count) packs, rewrite \(plan.packsToRewrite.count) (moving \(formatBytes(plan.liveBytesToMove)) live), keep \(plan.packsKept); \(plan.liveChunks) live records")
+        }
+        guard !dryRun else { return }
+        let bar = ProgressBar("gc", quiet: quiet || json)
+        try GarbageCollector.execute(s, plan, live: live, progress: bar.callback)
+        bar.finish()
+        let after = try s.diskBytes()
+        if !json { print("freed \(formatBytes(before.packs - after.packs)) of packs (\(formatBytes(before.packs)) → \(formatBytes(after.packs)))") }
+    }
+}
