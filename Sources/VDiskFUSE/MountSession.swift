@@ -46,10 +46,12 @@ public struct MountSession {
             throw error
         }
 
+        var control: VolumeControl?
         let status = fuse.serve { result in
             switch result {
             case .success:
                 log("\(Self.timestamp()) vdiskfs: mounted \(storePath) on \(mountpoint)")
+                control = VolumeControl.start(volume: volume)
                 ready?.succeed()
             case .failure(let error):
                 log("\(Self.timestamp()) vdiskfs: \(error.description)")
@@ -62,6 +64,7 @@ public struct MountSession {
         default: log("\(Self.timestamp()) vdiskfs: session ended with error \(String(cString: strerror(-status))); flushing")
         }
 
+        control?.stop()
         var exitStatus: Int32 = 0
         do {
             try volume.close()

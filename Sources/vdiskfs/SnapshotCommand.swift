@@ -9,7 +9,8 @@ struct SnapshotCommand: ParsableCommand {
             A snapshot keeps every image as it is now, by name (--label, default the UTC time \
             such as 2026-11-23T10:15:00Z). It costs one small record: chunks are shared. \
             --delete NAME removes one; space only it kept returns with garbage collection. \
-            The store must not be mounted (exit 13); on a mount, use mkdir/rmdir in .snapshots.
+            On a mounted store the command asks the running mount (dirty data is included); \
+            mkdir/rmdir in MOUNTPOINT/.snapshots do the same.
             """)
 
     @OptionGroup var store: StoreOptions
@@ -17,7 +18,17 @@ struct SnapshotCommand: ParsableCommand {
     @Option(help: "Delete the snapshot of this name instead.") var delete: String?
 
     func run() throws {
-        let s = try Store.open(at: try store.path, access: .readWrite, purpose: "snapshot")
+        if let name = delete, label != nil { _ = name; throw StoreError.invalidArgument("--label and --delete do not go together") }
+        let path = try store.path
+        let s: Store
+        do { s = try Store.open(at: path, access: .readWrite, purpose: "snapshot") } catch StoreError.storeLocked(let p, let holder) {
+            // Mounted: ask the running mount, so dirty data is included.
+            var request: [String: Any] = delete.map { ["op": "delete-snapshot", "name": $0] } ?? ["op": "snapshot"]
+            if let label { request["label"] = label }
+            guard let reply = try VolumeControl.send(store: path, request) else { throw StoreError.storeLocked(path: p, holder: holder) }
+            if let name = reply["name"] as? String { print(name) }
+            return
+        }
         if let name = delete {
             guard label == nil else { throw StoreError.invalidArgument("--label and --delete do not go together") }
             try s.deleteSnapshot(name)

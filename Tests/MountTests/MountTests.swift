@@ -420,3 +420,24 @@ final class SnapshotMountTests: XCTestCase {
         XCTAssertEqual(try vdiskfs("verify", "-s", m.store).status, 0)
     }
 }
+
+final class ControlChannelTests: XCTestCase {
+    /// `vdiskfs snapshot` on a mounted store asks the mount: dirty data is in the snapshot.
+    func testSnapshotCommandWhileMounted() throws {
+        let m = try MountFixture(self)
+        try m.mount()
+        try sh("head -c 500000 /dev/urandom > \(m.path("a.img")) && cp \(m.path("a.img")) \(m.directory)/a.orig")
+        let r = try vdiskfs("snapshot", "-s", m.store, "--label", "live")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout, "live\n")
+        let again = try vdiskfs("snapshot", "-s", m.store, "--label", "live")
+        XCTAssertEqual(again.status, 14, again.stderr)
+        try sh("cmp \(m.path(".snapshots/live/a.img")) \(m.directory)/a.orig")
+        XCTAssertEqual(try vdiskfs("snapshot", "-s", m.store, "--delete", "live").status, 0)
+        XCTAssertEqual(try sh("ls \(m.path(".snapshots"))"), "")
+        // Commands that need the store itself still say it is locked.
+        XCTAssertEqual(try vdiskfs("import", "-s", m.store, m.directory + "/a.orig", "b.img").status, 13)
+        try m.unmount()
+        XCTAssertFalse(FileManager.default.fileExists(atPath: m.store + "/control.sock"), "the socket goes with the mount")
+    }
+}
