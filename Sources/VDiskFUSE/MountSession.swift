@@ -47,11 +47,16 @@ public struct MountSession {
         }
 
         var control: VolumeControl?
+        var schedule: SnapshotSchedule?
         let status = fuse.serve { result in
             switch result {
             case .success:
                 log("\(Self.timestamp()) vdiskfs: mounted \(storePath) on \(mountpoint)")
                 control = VolumeControl.start(volume: volume)
+                if let every = volumeOptions.snapshotInterval {
+                    schedule = SnapshotSchedule(volume: volume, interval: every, policy: volumeOptions.retention)
+                    schedule?.start()
+                }
                 ready?.succeed()
             case .failure(let error):
                 log("\(Self.timestamp()) vdiskfs: \(error.description)")
@@ -64,6 +69,7 @@ public struct MountSession {
         default: log("\(Self.timestamp()) vdiskfs: session ended with error \(String(cString: strerror(-status))); flushing")
         }
 
+        schedule?.stop()
         control?.stop()
         var exitStatus: Int32 = 0
         do {

@@ -28,6 +28,9 @@ public struct Snapshot: Equatable, Sendable, Codable {
         try c.encode(created, forKey: .created)
     }
 
+    /// Now, in nanoseconds since the epoch (the clock snapshots are stamped with).
+    public static func now() -> Int64 { PackWriter.nowNanoseconds() }
+
     /// The default name: the UTC time, to the second.
     public static func timestampName(_ nanoseconds: Int64) -> String {
         let f = ISO8601DateFormatter()

@@ -952,6 +952,9 @@ public final class Volume: @unchecked Sendable {
 
     // MARK: snapshots
 
+    /// The store's snapshots, oldest first.
+    public func snapshots() -> [Snapshot] { stateLock.withLock { snapshotList } }
+
     private func snapshotNamespace(_ name: String) throws -> Namespace {
         if let ns = stateLock.withLock({ snapshotNamespaces[name] }) { return ns }
         guard let snap = stateLock.withLock({ snapshotList.first { $0.name == name } }) else {

@@ -71,5 +71,9 @@ public struct VolumeOptions: Sendable {
     public var newImageBlockSize: UInt32 = 4096
     /// List `.snapshots` in the top directory (it is always reachable by name).
     public var showSnapshotDirectory = false
+    /// Take a snapshot this often (seconds); nil: never.
+    public var snapshotInterval: Double?
+    /// Which automatic snapshots to keep.
+    public var retention = RetentionPolicy()
     public init() {}
 }

@@ -34,6 +34,11 @@ struct MountCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Kernel read-ahead of the mount (0 keeps the kernel's 128K).", valueName: "SIZE"))
     var readahead: String = "1M"
     @Flag(help: "List .snapshots in the top directory (it is always reachable by name).") var showSnapshots = false
+    @Option(help: ArgumentHelp("Take a snapshot this often: 30s, 15m, 1h, 1d.", valueName: "DURATION")) var snapshotEvery: String?
+    @Option(help: "Automatic snapshots to keep: the newest N.") var keepLast = 0
+    @Option(help: "Automatic snapshots to keep: the newest in each of the last N hours.") var keepHourly = 0
+    @Option(help: "Automatic snapshots to keep: the newest in each of the last N days.") var keepDaily = 0
+    @Option(help: "Automatic snapshots to keep: the newest in each of the last N weeks.") var keepWeekly = 0
     @Flag(help: "Log every FUSE request (with -f).") var debug = false
     @Option(name: .customLong("ready-fd"), help: .hidden) var readyFD: Int32?
 
@@ -45,6 +50,16 @@ struct MountCommand: ParsableCommand {
         if let diskCacheSize { _ = try size(diskCacheSize, "--disk-cache-size") }
         if let journal { volumeOptions.journalDirectory = absolute(journal) }
         volumeOptions.showSnapshotDirectory = showSnapshots
+        if let snapshotEvery {
+            guard let seconds = parseDuration(snapshotEvery), seconds >= 1 else {
+                throw StoreError.invalidArgument("--snapshot-every takes a duration such as 30s, 15m, 1h or 1d (got \(snapshotEvery))")
+            }
+            volumeOptions.snapshotInterval = seconds
+        }
+        guard [keepLast, keepHourly, keepDaily, keepWeekly].allSatisfy({ $0 >= 0 }) else {
+            throw StoreError.invalidArgument("--keep-* counts cannot be negative")
+        }
+        volumeOptions.retention = RetentionPolicy(last: keepLast, hourly: keepHourly, daily: keepDaily, weekly: keepWeekly)
         let readAheadBytes = try size(readahead, "--readahead")
         let logPath = absolute(log ?? storePath + "/mount.log")
 
@@ -58,6 +73,10 @@ struct MountCommand: ParsableCommand {
             if let journal = volumeOptions.journalDirectory { args += ["--journal", journal] }
             if debug { args.append("--debug") }
             if showSnapshots { args.append("--show-snapshots") }
+            if let snapshotEvery { args += ["--snapshot-every", snapshotEvery] }
+            for (flag, n) in [("--keep-last", keepLast), ("--keep-hourly", keepHourly), ("--keep-daily", keepDaily), ("--keep-weekly", keepWeekly)] where n > 0 {
+                args += [flag, String(n)]
+            }
             do {
                 try MountDaemon.launch(arguments: args, logPath: logPath)
             } catch let failure as MountDaemon.Failure {

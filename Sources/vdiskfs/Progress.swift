@@ -73,3 +73,13 @@ func printJSON<T: Encodable>(_ value: T) throws {
     enc.outputFormatting = [.prettyPrinted, .sortedKeys]
     print(String(decoding: try enc.encode(value), as: UTF8.self))
 }
+
+/// Parses durations like 30s, 15m, 1h, 2d, 1w (seconds when no unit).
+func parseDuration(_ s: String) -> Double? {
+    let t = s.trimmingCharacters(in: .whitespaces).lowercased()
+    let units: [(String, Double)] = [("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)]
+    for (u, mul) in units where t.hasSuffix(u) {
+        return Double(t.dropLast()).map { $0 * mul }
+    }
+    return Double(t)
+}

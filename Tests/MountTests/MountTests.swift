@@ -441,3 +441,25 @@ final class ControlChannelTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: m.store + "/control.sock"), "the socket goes with the mount")
     }
 }
+
+final class ScheduledSnapshotTests: XCTestCase {
+    func testSnapshotEveryKeepsTheNewest() throws {
+        let m = try MountFixture(self)
+        try m.mount("--snapshot-every", "1s", "--keep-last", "2")
+        try sh("echo hello > \(m.path("a.img"))")
+        // Wait (bounded) until the schedule has taken and pruned a few.
+        let deadline = Date().addingTimeInterval(20)
+        var names: [String] = []
+        var seen = Set<String>()
+        while Date() < deadline {
+            names = (try? FileManager.default.contentsOfDirectory(atPath: m.path(".snapshots"))) ?? []
+            seen.formUnion(names)
+            if seen.count >= 4 { break }
+            usleep(200_000)
+        }
+        XCTAssertGreaterThanOrEqual(seen.count, 4, "snapshots taken: \(seen)")
+        XCTAssertLessThanOrEqual(names.count, 2, "pruned to the newest two: \(names)")
+        try m.unmount()
+        XCTAssertEqual(try vdiskfs("verify", "-s", m.store).status, 0)
+    }
+}

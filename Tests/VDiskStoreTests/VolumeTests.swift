@@ -227,3 +227,55 @@ final class VolumeSnapshotTests: XCTestCase {
         try v.close()
     }
 }
+
+final class SnapshotScheduleTests: XCTestCase {
+    func snap(_ name: String, _ seconds: Double) -> Snapshot {
+        Snapshot(name: name, created: Int64(seconds * 1e9), namespace: .zero)
+    }
+
+    func testRetentionKeepsLastHourlyDailyWeekly() {
+        // One snapshot every 20 minutes for 10 days.
+        let start = 1_700_000_000.0
+        let all = (0..<(10 * 72)).map { snap("s\($0)", start + Double($0) * 1200) }
+        XCTAssertEqual(RetentionPolicy().keep(all).count, all.count, "an empty policy keeps everything")
+        XCTAssertEqual(RetentionPolicy(last: 5).keep(all), Set((715..<720).map { "s\($0)" }))
+        let hourly = RetentionPolicy(hourly: 4).keep(all)
+        XCTAssertEqual(hourly.count, 4)
+        XCTAssertTrue(hourly.contains("s719"), "the newest of the newest hour")
+        let daily = RetentionPolicy(daily: 3).keep(all)
+        XCTAssertEqual(daily.count, 3)
+        let mixed = RetentionPolicy(last: 2, daily: 7, weekly: 2).keep(all)
+        XCTAssertLessThanOrEqual(mixed.count, 2 + 7 + 2)
+        XCTAssertTrue(mixed.isSuperset(of: RetentionPolicy(daily: 7).keep(all)))
+        // Weekly buckets: the ten days span two or three ISO weeks, one kept in each.
+        XCTAssertEqual(RetentionPolicy(weekly: 10).keep(all).count, Set(all.map { s -> Int in
+            var c = Calendar(identifier: .iso8601); c.timeZone = TimeZone(identifier: "UTC")!
+            return c.component(.weekOfYear, from: Date(timeIntervalSince1970: Double(s.created) / 1e9))
+        }).count)
+    }
+
+    func testScheduleTakesAndPrunesWithAFakeClock() throws {
+        let dir = temporaryDirectory(self)
+        try Store.create(at: dir + "/s")
+        let v = try Volume(store: try Store.open(at: dir + "/s", access: .readWrite))
+        let f = try v.createImage(parent: Volume.rootNode, name: "a.img", mode: 0o644, uid: 0, gid: 0).node
+        _ = try v.makeDirectory(parent: Volume.snapshotsNode, name: "labelled", mode: 0o755, uid: 0, gid: 0)
+        var now: Int64 = 1_700_000_000 * 1_000_000_000
+        let schedule = SnapshotSchedule(volume: v, interval: 3600, policy: RetentionPolicy(last: 3), clock: { now })
+        XCTAssertNil(try schedule.tick(), "not due yet")
+        for hour in 1...6 {
+            now += 3600 * 1_000_000_000
+            _ = try [UInt8](repeating: UInt8(hour), count: 4096).withUnsafeBytes { try v.write(f, offset: 0, data: $0) }
+            XCTAssertNotNil(try schedule.tick())
+        }
+        let names = v.snapshots().map(\.name)
+        XCTAssertEqual(names.count, 4, "three automatic and the labelled one: \(names)")
+        XCTAssertTrue(names.contains("labelled"))
+        // The newest automatic snapshot holds the last write (dirty data included).
+        let newest = try v.lookup(parent: try v.lookup(parent: Volume.snapshotsNode, name: names.last!).node, name: "a.img").node
+        var b = [UInt8](repeating: 0, count: 1)
+        _ = try b.withUnsafeMutableBytes { try v.read(newest, offset: 0, into: $0) }
+        XCTAssertEqual(b, [6])
+        try v.close()
+    }
+}
