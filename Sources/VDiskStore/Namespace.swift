@@ -80,7 +80,7 @@ public struct Namespace: Equatable, Sendable {
     }
 
     /// Checks that `name` can name an image or directory: relative, no empty, `.` or `..`
-    /// components, not under `.snapshots`, at most 4096 bytes.
+    /// components, not under `.snapshots`, components of at most 255 bytes, at most 65535 in all.
     public static func validate(_ name: String) throws -> String {
         var parts = name.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
         if name.hasPrefix("/") { throw StoreError.invalidName(name: name, reason: "it must be relative to the store") }
@@ -88,12 +88,14 @@ public struct Namespace: Equatable, Sendable {
         guard !parts.isEmpty else { throw StoreError.invalidName(name: name, reason: "it is empty") }
         for p in parts {
             if p == "." || p == ".." { throw StoreError.invalidName(name: name, reason: "'.' and '..' are not allowed") }
-            if p.utf8.count > 255 { throw StoreError.invalidName(name: name, reason: "a component is longer than 255 bytes") }
+            if p.utf8.count > 255 { throw StoreError.nameTooLong(name: name) }
             if p.contains("\0") { throw StoreError.invalidName(name: name, reason: "it contains a NUL byte") }
         }
         if parts[0] == ".snapshots" { throw StoreError.invalidName(name: name, reason: ".snapshots is reserved") }
         let joined = parts.joined(separator: "/")
-        guard joined.utf8.count <= 4096 else { throw StoreError.invalidName(name: name, reason: "it is longer than 4096 bytes") }
+        // The namespace record stores a path with a 16-bit length; the kernel limits only the
+        // path of each call, so deep trees reached by relative paths are fine below that.
+        guard joined.utf8.count <= Int(UInt16.max) else { throw StoreError.nameTooLong(name: name) }
         return joined
     }
 

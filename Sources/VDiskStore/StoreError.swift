@@ -23,6 +23,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
     case damagedChunk(detail: String)
     /// The name is not a valid image path.
     case invalidName(name: String, reason: String)
+    /// A name component is over 255 bytes, or a whole path over the format's 65535.
+    case nameTooLong(name: String)
     /// An argument is out of range or malformed.
     case invalidArgument(String)
     /// The target is read-only (a snapshot).
@@ -46,6 +48,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .diskFull(let p): return "no space left on the device holding \(p)"
         case .damagedChunk(let d): return "damaged data: \(d)"
         case .invalidName(let n, let r): return "invalid image name '\(n)': \(r)"
+        case .nameTooLong(let n): return "name too long: \(n.prefix(64))..."
         case .invalidArgument(let s): return s
         case .readOnly(let n): return "\(n) is read-only"
         case .outputUnwritable(let p, let r): return "cannot write \(p): \(r)"
@@ -67,7 +70,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .inputUnreadable: return 16
         case .diskFull: return 17
         case .damagedChunk: return 18
-        case .invalidName, .invalidArgument: return 19
+        case .invalidName, .invalidArgument, .nameTooLong: return 19
         case .readOnly: return 20
         case .outputUnwritable: return 21
         case .busy: return 22
@@ -82,6 +85,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .diskFull: return Errno.noSpace.rawValue
         case .readOnly: return Errno.readOnlyFileSystem.rawValue
         case .invalidName, .invalidArgument: return Errno.invalidArgument.rawValue
+        case .nameTooLong: return Errno.fileNameTooLong.rawValue
         case .busy, .storeLocked: return Errno.resourceBusy.rawValue
         case .io(let e, _): return e
         case .notAStore, .corruptStore, .damagedChunk, .inputUnreadable, .outputUnwritable:

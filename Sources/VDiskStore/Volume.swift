@@ -196,6 +196,16 @@ public final class Volume: @unchecked Sendable {
         return try Namespace.validate(dir.isEmpty ? name : dir + "/" + name)
     }
 
+    /// 2 + subdirectories, as POSIX file systems count a directory's links.
+    private func directoryLinksLocked(_ path: String) -> UInt32 {
+        let prefix = path.isEmpty ? "" : path + "/"
+        var n: UInt32 = 2
+        for (p, id) in byPath where p.hasPrefix(prefix) && p.count > prefix.count && !p.dropFirst(prefix.count).contains("/") {
+            if nodes[id]?.isDirectory == true { n += 1 }
+        }
+        return n
+    }
+
     private func attributesLocked(_ n: Node) -> NodeAttributes {
         // Dirty non-zero blocks count as allocated (an upper bound until the flusher runs).
         var dirtyData = 0
@@ -206,7 +216,8 @@ public final class Volume: @unchecked Sendable {
                               size: n.isDirectory ? 4096 : n.liveSize,
                               allocatedBytes: n.isDirectory ? 4096 : UInt64(max(0, allocated)) * UInt64(n.root.blockSize),
                               blockSize: n.isDirectory ? 4096 : n.root.blockSize, mtime: n.mtime, ctime: n.ctime,
-                              linkCount: n.isDirectory ? 2 : (n.path == nil && n.snapshot == nil ? 0 : 1), readOnly: n.snapshot != nil)
+                              linkCount: n.isDirectory ? (n.path.map(directoryLinksLocked) ?? 2) : (n.path == nil && n.snapshot == nil ? 0 : 1),
+                              readOnly: n.snapshot != nil)
     }
 
     private func ensureAllocatedCount(_ n: Node) {
@@ -235,7 +246,7 @@ public final class Volume: @unchecked Sendable {
         if id == Self.rootNode {
             return NodeAttributes(node: id, isDirectory: true, mode: 0o040755, uid: rootAttributes.uid, gid: rootAttributes.gid,
                                   size: 4096, allocatedBytes: 4096, blockSize: 4096, mtime: rootAttributes.mtime,
-                                  ctime: rootAttributes.mtime, linkCount: 2, readOnly: false)
+                                  ctime: rootAttributes.mtime, linkCount: stateLock.withLock { directoryLinksLocked("") }, readOnly: false)
         }
         let n = try node(id)
         ensureAllocatedCount(n)

@@ -463,3 +463,27 @@ final class ScheduledSnapshotTests: XCTestCase {
         XCTAssertEqual(try vdiskfs("verify", "-s", m.store).status, 0)
     }
 }
+
+/// Findings of a pjdfstest run, kept fixed.
+final class POSIXDetailTests: XCTestCase {
+    func testLongNamesDeepTreesAndDirectoryLinkCounts() throws {
+        let m = try MountFixture(self)
+        try m.mount()
+        let long = String(repeating: "a", count: 256)
+        for command in ["touch \(m.path(long))", "mkdir \(m.path(long))", "stat \(m.path(long))"] {
+            let r = try runProgram("/bin/sh", ["-c", command + " 2>&1"])
+            XCTAssertNotEqual(r.status, 0)
+            XCTAssertTrue(r.stdout.contains("File name too long"), "\(command): \(r.stdout)")
+        }
+        // A tree deeper than 4096 bytes in all, reached by relative paths.
+        let c = String(repeating: "b", count: 200)
+        // (bash: dash's cd gives up once its logical path passes PATH_MAX.)
+        let deep = try runProgram("/bin/bash", ["-c", "cd \(m.mountpoint) && mkdir deep && cd deep && for i in $(seq 30); do mkdir \(c) && cd \(c) || exit 1; done && echo ok > f.img && cat f.img"])
+        XCTAssertEqual(deep.status, 0, deep.stderr)
+        XCTAssertEqual(deep.stdout, "ok\n")
+        // A directory's link count is 2 plus its subdirectories.
+        try sh("mkdir -p \(m.path("t/a/b")) \(m.path("t/a/c"))")
+        XCTAssertEqual(try sh("stat -c %h \(m.path("t/a"))"), "4\n")
+        XCTAssertEqual(try sh("stat -c %h \(m.path("t/a/b"))"), "2\n")
+    }
+}

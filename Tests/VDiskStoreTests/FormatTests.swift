@@ -83,9 +83,13 @@ final class FormatTests: XCTestCase {
 
     func testNameValidation() throws {
         XCTAssertEqual(try Namespace.validate("a//b/"), "a/b")
-        for bad in ["", "/abs", "a/../b", ".", ".snapshots/x", String(repeating: "x", count: 256)] {
+        for bad in ["", "/abs", "a/../b", ".", ".snapshots/x"] {
             XCTAssertThrowsStoreError(try Namespace.validate(bad)) { if case .invalidName = $0 { return true }; return false }
         }
+        XCTAssertThrowsStoreError(try Namespace.validate(String(repeating: "x", count: 256))) { $0.errno == ENAMETOOLONG }
+        // Deep trees are fine: only each component is limited, and the whole path to 65535.
+        let deep = (0..<40).map { _ in String(repeating: "d", count: 200) }.joined(separator: "/")
+        XCTAssertEqual(try Namespace.validate(deep), deep)
     }
 
     func testTreeDepth() {
