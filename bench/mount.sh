@@ -28,11 +28,22 @@ cleanup() {
 trap cleanup EXIT
 cleanup; mkdir -p "$work"
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
-seqread() { cold; dd if="$1" of=/dev/null bs=1M 2>&1 | awk '/copied/ {print int($(NF-3) * ($NF == "GB/s" ? 1000 : 1))}'; }
+seqread() { # MB/s of a cold dd of the whole file ("-" when the read fails)
+    cold
+    local out; out=$(dd if="$1" of=/dev/null bs=1M 2>&1) || { echo "dd failed on $1: $out" >&2; echo "-"; return; }
+    echo "$out" | awk '/copied/ {print int($(NF-1) * ($NF == "GB/s" ? 1000 : ($NF == "kB/s" ? 0.001 : 1)))}'
+}
+wait_for() { for _ in $(seq 300); do [[ -e $1 ]] && return 0; sleep 0.1; done; echo "timed out waiting for $1" >&2; return 1; }
 fio_iops() { # file rw extra...
     local f=$1 rw=$2; shift 2
-    cold; fio --name=b --filename="$f" --rw="$rw" --bs=4k --runtime="$runtime" --time_based --size=2G "$@" \
-        --output-format=json 2>/dev/null | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(int(j["read"]["iops"] + j["write"]["iops"]))'
+    cold
+    if fio --name=b --filename="$f" --rw="$rw" --bs=4k --runtime="$runtime" --time_based --size=2G "$@" \
+        --output-format=json > "$work/fio.json" 2>>"$work/fio.log"; then
+        python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(int(j["read"]["iops"] + j["write"]["iops"]))' "$work/fio.json"
+    else
+        echo "fio failed on $f ($rw $*): $(tail -1 "$work/fio.log")" >&2
+        echo "-"
+    fi
 }
 declare -A R
 
@@ -44,7 +55,7 @@ R[raw,qd16]=$(fio_iops "$work/raw.img" randread --ioengine=libaio --iodepth=16 -
 
 # 2. FUSE ceiling: passthrough_hp over tmpfs.
 if [[ -x $pthp ]]; then
-    mkdir -p "$work/tmpfs" "$work/mnt-pt" && mount -t tmpfs -o size=3G tmpfs "$work/tmpfs"
+    mkdir -p "$work/tmpfs" "$work/mnt-pt" && mount -t tmpfs -o size=5G tmpfs "$work/tmpfs"
     cp "$image" "$work/tmpfs/upd.img"
     "$pthp" "$work/tmpfs" "$work/mnt-pt" >/dev/null 2>&1 &
     for _ in $(seq 100); do mountpoint -q "$work/mnt-pt" && break; sleep 0.1; done
@@ -95,18 +106,18 @@ kill $qsd_pid; wait $qsd_pid 2>/dev/null || true; qsd_pid=
 
 # 5. borg and restic mounts.
 borg init -e none "$work/borg" >/dev/null 2>&1 && borg create -C lz4 "$work/borg::a" "$image" >/dev/null 2>&1
-mkdir -p "$work/mnt-b" && borg mount "$work/borg::a" "$work/mnt-b"
+mkdir -p "$work/mnt-b" && borg mount "$work/borg::a" "$work/mnt-b" && wait_for "$work/mnt-b$image"
 R[b,seq]=$(seqread "$work/mnt-b$image")
 R[b,qd1]=$(RUNTIME=5 fio_iops "$work/mnt-b$image" randread --ioengine=psync)
 fusermount3 -u "$work/mnt-b"
 restic init -q -r "$work/restic" && restic -q -r "$work/restic" backup "$image" >/dev/null
 mkdir -p "$work/mnt-r" && (restic -r "$work/restic" mount "$work/mnt-r" >/dev/null 2>&1 &)
-for _ in $(seq 100); do [[ -e "$work/mnt-r/snapshots/latest$image" ]] && break; sleep 0.2; done
+wait_for "$work/mnt-r/snapshots/latest$image"
 R[r,seq]=$(seqread "$work/mnt-r/snapshots/latest$image")
 R[r,qd1]=$(RUNTIME=5 fio_iops "$work/mnt-r/snapshots/latest$image" randread --ioengine=psync)
 fusermount3 -u "$work/mnt-r"
 
-ratio() { [[ -n ${2:-} && ${2:-0} != 0 ]] && printf '%.2f' "$(echo "scale=4; $1 / $2" | bc)" || echo "-"; }
+ratio() { [[ $1 =~ ^[0-9.]+$ && ${2:-} =~ ^[0-9.]+$ && $2 != 0 ]] && printf '%.2f' "$(echo "scale=4; $1 / $2" | bc)" || echo "-"; }
 echo "| target | cold seq read MB/s | randread qd1 IOPS | randread qd16 direct IOPS | randwrite buffered IOPS | randwrite qd16 direct IOPS |"
 echo "|---|---|---|---|---|---|"
 for t in raw pt v q b r; do

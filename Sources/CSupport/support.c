@@ -73,3 +73,5 @@ int vdisk_is_zero(const void *data, size_t len) {
 }
 
 void vdisk_limit_malloc_arenas(int n) { mallopt(M_ARENA_MAX, n); }
+
+void vdisk_release_free_memory(void) { malloc_trim(0); }

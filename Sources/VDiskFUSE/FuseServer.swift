@@ -25,9 +25,9 @@ public final class FuseServer: @unchecked Sendable {
         /// FUSE's INIT can only lower the kernel's default, so it is raised through sysfs once mounted.
         public var readAhead: Int = 1 << 20
         /// Worker threads: at most this many requests are served at once.
-        public var maxThreads: UInt32 = 32
+        public var maxThreads: UInt32 = 16
         /// Idle worker threads kept for the next burst.
-        public var maxIdleThreads: UInt32 = 16
+        public var maxIdleThreads: UInt32 = 8
         /// Log every request (libfuse's `-d`).
         public var debug = false
 

@@ -57,6 +57,10 @@ public final class Volume: @unchecked Sendable {
         /// Dirty blocks of the current segment, and of the segments being flushed.
         var dirty: [UInt64: Dirty] = [:]
         var frozen: [UInt64: Dirty] = [:]
+        /// Entries of `dirty` and `frozen` that are not zero blocks (for st_blocks), kept as
+        /// blocks are written so getattr never walks the maps.
+        var dirtyData = 0
+        var frozenData = 0
         /// The size to commit with the frozen blocks; meaningful while `frozenPending`.
         var frozenSize: UInt64 = 0
         /// Frozen blocks (or a size change) wait for the flusher.
@@ -208,10 +212,7 @@ public final class Volume: @unchecked Sendable {
 
     private func attributesLocked(_ n: Node) -> NodeAttributes {
         // Dirty non-zero blocks count as allocated (an upper bound until the flusher runs).
-        var dirtyData = 0
-        for d in n.dirty.values { if case .zero = d {} else { dirtyData += 1 } }
-        for (b, d) in n.frozen where n.dirty[b] == nil { if case .zero = d {} else { dirtyData += 1 } }
-        let allocated = (n.allocatedBlocks ?? 0) + Int64(dirtyData)
+        let allocated = (n.allocatedBlocks ?? 0) + Int64(n.dirtyData + n.frozenData)
         return NodeAttributes(node: n.id, isDirectory: n.isDirectory, mode: n.mode, uid: n.uid, gid: n.gid,
                               size: n.isDirectory ? 4096 : n.liveSize,
                               allocatedBytes: n.isDirectory ? 4096 : UInt64(max(0, allocated)) * UInt64(n.root.blockSize),
@@ -610,6 +611,8 @@ public final class Volume: @unchecked Sendable {
 
     // MARK: writing
 
+    static func isZero(_ d: Dirty) -> Bool { if case .zero = d { return true } else { return false } }
+
     /// One block's worth of a journal append.
     private enum BlockWrite { case bytes(UnsafeRawBufferPointer), zero, ref(ChunkRef), size }
 
@@ -663,12 +666,15 @@ public final class Volume: @unchecked Sendable {
             }
             stateLock.withLock {
                 for (i, (b, w)) in writes.enumerated() {
+                    let new: Dirty
                     switch w {
-                    case .bytes: n.dirty[b] = .data(seg, base + Int64(payloadOffsets[i]))
-                    case .zero: n.dirty[b] = .zero
-                    case .ref(let r): n.dirty[b] = .ref(r)
-                    case .size: break
+                    case .bytes: new = .data(seg, base + Int64(payloadOffsets[i]))
+                    case .zero: new = .zero
+                    case .ref(let r): new = .ref(r)
+                    case .size: continue
                     }
+                    if let old = n.dirty.updateValue(new, forKey: b), !Self.isZero(old) { n.dirtyData -= 1 }
+                    if !Self.isZero(new) { n.dirtyData += 1 }
                 }
                 n.liveSize = max(n.liveSize, sizeAfter)
                 let t = now()
@@ -1043,8 +1049,15 @@ public final class Volume: @unchecked Sendable {
                 let changed = nodes.values.filter { !$0.isDirectory && (!$0.dirty.isEmpty || $0.liveSize != $0.root.size) }
                 guard !changed.isEmpty else { return false }
                 for n in changed {
-                    n.frozen.merge(n.dirty) { _, new in new }
+                    if n.frozen.isEmpty {
+                        n.frozen = n.dirty
+                        n.frozenData = n.dirtyData
+                    } else {
+                        n.frozen.merge(n.dirty) { _, new in new }
+                        n.frozenData = n.frozen.values.reduce(0) { $0 + (Self.isZero($1) ? 0 : 1) }
+                    }
                     n.dirty = [:]
+                    n.dirtyData = 0
                     n.frozenSize = n.liveSize
                     n.frozenPending = true
                 }
@@ -1118,6 +1131,7 @@ public final class Volume: @unchecked Sendable {
                 n.root = r
                 if let a = n.allocatedBlocks { n.allocatedBlocks = a + delta }
                 n.frozen = [:]
+                n.frozenData = 0
                 n.frozenPending = false
             }
             lastFlushError = nil
@@ -1126,6 +1140,7 @@ public final class Volume: @unchecked Sendable {
             return segs
         }
         for s in done { journal.delete(s) }
+        vdisk_release_free_memory()
     }
 
     private func wakeFlusher() {

@@ -17,4 +17,9 @@ int vdisk_is_zero(const void *data, size_t len);
 /// memory apart and lets RSS climb past the configured caches.
 void vdisk_limit_malloc_arenas(int n);
 
+/// Hands memory malloc holds free back to the kernel. Why C: malloc_trim is not exported by
+/// Swift's Glibc module. Called after each flush, whose large transient buffers would
+/// otherwise stay in RSS.
+void vdisk_release_free_memory(void);
+
 #endif
