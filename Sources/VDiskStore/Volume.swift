@@ -113,6 +113,9 @@ public final class Volume: @unchecked Sendable {
     fileprivate var closed = false
     /// Writers waiting for journal space wait on this.
     private let spaceFreed = NSCondition()
+    /// Entries in the current dirty maps: bounded like the journal's bytes, since a ref or
+    /// zero record takes little journal but as much memory as a data block's entry.
+    private var currentDirtyBlocks = 0
     /// The last flush failure, reported to writers while the journal is full.
     private var lastFlushError: StoreError?
 
@@ -673,7 +676,11 @@ public final class Volume: @unchecked Sendable {
                     case .ref(let r): new = .ref(r)
                     case .size: continue
                     }
-                    if let old = n.dirty.updateValue(new, forKey: b), !Self.isZero(old) { n.dirtyData -= 1 }
+                    if let old = n.dirty.updateValue(new, forKey: b) {
+                        if !Self.isZero(old) { n.dirtyData -= 1 }
+                    } else {
+                        currentDirtyBlocks += 1
+                    }
                     if !Self.isZero(new) { n.dirtyData += 1 }
                 }
                 n.liveSize = max(n.liveSize, sizeAfter)
@@ -682,15 +689,22 @@ public final class Volume: @unchecked Sendable {
                 n.ctime = t
             }
         }
-        if stateLock.withLock({ segment.size }) > options.flushThreshold { wakeFlusher() }
+        if stateLock.withLock({ segment.size > options.flushThreshold || currentDirtyBlocks > maxDirtyBlocks / 4 }) { wakeFlusher() }
+    }
+
+    /// Dirty blocks writers may have before they wait: as many as the journal limit holds.
+    private var maxDirtyBlocks: Int { Int(options.journalLimit / 4096) }
+
+    private func journalFull() -> Bool {
+        stateLock.withLock { segment.size > options.journalLimit || currentDirtyBlocks > maxDirtyBlocks }
     }
 
     private func waitForJournalSpace() throws {
-        guard stateLock.withLock({ segment.size }) > options.journalLimit else { return }
+        guard journalFull() else { return }
         wakeFlusher()
         spaceFreed.lock()
         defer { spaceFreed.unlock() }
-        while stateLock.withLock({ segment.size }) > options.journalLimit {
+        while journalFull() {
             if closed { throw StoreError.io(errno: EIO, context: "volume closed") }
             _ = spaceFreed.wait(until: Date().addingTimeInterval(1))
             if let e = stateLock.withLock({ lastFlushError }), e.errno == ENOSPC { throw e }
@@ -1063,6 +1077,7 @@ public final class Volume: @unchecked Sendable {
                 }
                 frozenSegments.append(segment)
                 segment = try journal.createSegment(segment.sequence + 1)
+                currentDirtyBlocks = 0
                 return true
             }
         }

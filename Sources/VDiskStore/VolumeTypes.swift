@@ -65,7 +65,8 @@ public struct VolumeOptions: Sendable {
     public var flushInterval: Double = 5
     /// ...or when the journal passes this many bytes.
     public var flushThreshold: Int64 = 256 << 20
-    /// Writers wait (they do not fail) when the journal passes this many bytes.
+    /// Writers wait (they do not fail) when the journal passes this many bytes, or holds
+    /// more dirty blocks than this many bytes of 4 KiB blocks (bounding memory too).
     public var journalLimit: Int64 = 1 << 30
     /// Block size of images created on the volume.
     public var newImageBlockSize: UInt32 = 4096
