@@ -18,8 +18,12 @@ public struct DiskLayout: Sendable {
     /// Probes the disk behind `fd`: partition tables, then ext2/3/4 in each partition (or the
     /// whole disk). Never throws for what it cannot understand: those parts stay raw.
     public static func probe(_ fd: FileDescriptor, size: UInt64, blockSize: Int) -> DiskLayout {
+        probe(DiskReader(fd: fd, size: size), blockSize: blockSize)
+    }
+
+    static func probe(_ disk: DiskReader, blockSize: Int) -> DiskLayout {
+        let size = disk.size
         var layout = DiskLayout(free: [UInt64](repeating: 0, count: Int((size / UInt64(blockSize) + 64) / 64)), blockSize: blockSize)
-        let disk = DiskReader(fd: fd, size: size)
         let parts = (try? PartitionTable.read(disk)) ?? []
         let units = parts.isEmpty ? [Partition(offset: 0, length: size, label: "disk")] : parts
         for p in units {

@@ -63,16 +63,27 @@ enum PartitionTable {
 @inline(__always) func le32(_ b: [UInt8], _ o: Int) -> UInt32 { UInt32(le16(b, o)) | UInt32(le16(b, o + 2)) << 16 }
 @inline(__always) func le64(_ b: [UInt8], _ o: Int) -> UInt64 { UInt64(le32(b, o)) | UInt64(le32(b, o + 4)) << 32 }
 
-/// Positioned reads of a disk image for the layout probes.
+/// Positioned reads of a disk image for the layout probes: a file, or an image in a store.
 struct DiskReader {
-    let fd: FileDescriptor
     let size: UInt64
+    /// Reads into the buffer at the offset; returns the bytes read.
+    let readAt: (UnsafeMutableRawBufferPointer, UInt64) throws -> Int
+
+    init(fd: FileDescriptor, size: UInt64) {
+        self.size = size
+        readAt = { buffer, offset in try fd.readFully(into: buffer, at: Int64(offset)) }
+    }
+
+    init(size: UInt64, readAt: @escaping (UnsafeMutableRawBufferPointer, UInt64) throws -> Int) {
+        self.size = size
+        self.readAt = readAt
+    }
 
     /// Up to `count` bytes at `offset` (fewer at the end of the disk).
     func bytes(at offset: UInt64, count: Int) throws -> [UInt8] {
         guard offset < size else { return [] }
         var b = [UInt8](repeating: 0, count: min(count, Int(size - offset)))
-        let n = try b.withUnsafeMutableBytes { try fd.readFully(into: $0, at: Int64(offset)) }
+        let n = try b.withUnsafeMutableBytes { try readAt($0, offset) }
         return Array(b[0..<n])
     }
 }

@@ -7,38 +7,18 @@ final class FileSystemAwareTests: XCTestCase {
 
     override func setUp() { dir = temporaryDirectory(self) }
 
-    /// Makes a file system in `image` at byte `offset`, fills it, deletes half the data
-    /// (leaving stale bytes in free blocks), and returns the sha256sum listing of what remains.
     func populate(_ image: String, offset: Int, mkfsOptions: String, sizeMiB: Int) throws -> String {
-        let mnt = "\(dir)/mnt"
-        try sh("mkdir -p \(mnt)")
-        try sh("mkfs.ext4 -q -F \(mkfsOptions) -E offset=\(offset) \(image) \(sizeMiB)M")
-        try sh("mount -o loop,offset=\(offset) \(image) \(mnt)")
-        defer { _ = try? runProgram("/bin/umount", [mnt]) }
-        try sh("for i in 1 2 3 4 5 6; do head -c 2000000 /dev/urandom > \(mnt)/f$i; done; seq 1 100000 > \(mnt)/numbers; sync")
-        try sh("rm \(mnt)/f2 \(mnt)/f4 \(mnt)/f6; sync")
-        let sums = try sh("cd \(mnt) && sha256sum f1 f3 f5 numbers")
-        try sh("umount \(mnt)")
-        return sums
+        try populateExt4(dir, image, offset: offset, mkfsOptions: mkfsOptions, sizeMiB: sizeMiB)
+    }
+
+    func checkExport(_ store: String, _ name: String, offset: Int, sums: String) throws {
+        try checkExt4Export(dir, store, name, offset: offset, sums: sums)
     }
 
     func importJSON(_ store: String, _ image: String, _ name: String, _ extra: [String] = []) throws -> [String: Any] {
         let r = try runProgram(Binary.vdiskfs, ["import", "-s", store, image, name, "--json"] + extra)
         XCTAssertEqual(r.status, 0, r.stderr)
         return try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any]
-    }
-
-    /// Exports `name`, checks it with e2fsck, mounts it and compares the files.
-    func checkExport(_ store: String, _ name: String, offset: Int, sums: String) throws {
-        let out = "\(dir)/\(name).out"
-        XCTAssertEqual(try vdiskfs("export", "-s", store, name, out).status, 0)
-        let loop = try sh("losetup --find --show --read-only -o \(offset) \(out)").trimmingCharacters(in: .whitespacesAndNewlines)
-        defer { _ = try? runProgram("/sbin/losetup", ["-d", loop]) }
-        try sh("e2fsck -fn \(loop) >/dev/null")
-        let mnt = "\(dir)/check"
-        try sh("mkdir -p \(mnt) && mount -o loop,ro,offset=\(offset) \(out) \(mnt)")
-        defer { _ = try? runProgram("/bin/umount", [mnt]) }
-        XCTAssertEqual(try sh("cd \(mnt) && sha256sum f1 f3 f5 numbers"), sums)
     }
 
     func testFreeBlocksAreSkippedAcrossBlockSizesAndFeatures() throws {
@@ -101,3 +81,60 @@ final class FileSystemAwareTests: XCTestCase {
         XCTAssertEqual(plain["free_bytes_skipped"] as? Int, 0)
     }
 }
+
+final class TrimTests: XCTestCase {
+    func testTrimReclaimsFreeBlocksOfARawImport() throws {
+        let dir = temporaryDirectory(self)
+        let store = "\(dir)/store"
+        XCTAssertEqual(try vdiskfs("init", "-s", store).status, 0)
+        let image = "\(dir)/disk.img"
+        let sums = try populateExt4(dir, image, offset: 0, mkfsOptions: "-b 4096", sizeMiB: 48)
+        XCTAssertEqual(try vdiskfs("import", "-s", store, image, "disk.img", "--raw").status, 0)
+        XCTAssertEqual(try vdiskfs("snapshot", "-s", store, "--label", "before").status, 0)
+        let r = try runProgram(Binary.vdiskfs, ["trim", "-s", store, "disk.img", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any]
+        XCTAssertGreaterThan(json["freed_bytes"] as! Int, 5_000_000, "the deleted files' blocks")
+        try checkExt4Export(dir, store, "disk.img", offset: 0, sums: sums)
+        // The snapshot keeps the untrimmed version, byte for byte.
+        XCTAssertEqual(try vdiskfs("export", "-s", store, "@before/disk.img", "\(dir)/before.img").status, 0)
+        try sh("cmp \(image) \(dir)/before.img")
+        // Without the snapshot, gc frees what trim released.
+        XCTAssertEqual(try vdiskfs("snapshot", "-s", store, "--delete", "before").status, 0)
+        let gc = try runProgram(Binary.vdiskfs, ["gc", "-s", store, "--json", "--threshold", "0.9"])
+        XCTAssertEqual(gc.status, 0, gc.stderr)
+        let plan = try JSONSerialization.jsonObject(with: Data(gc.stdout.utf8)) as! [String: Any]
+        XCTAssertGreaterThan(plan["bytes_to_free"] as! Int, 1_000_000)
+        XCTAssertEqual(try vdiskfs("verify", "-s", store).status, 0)
+        XCTAssertEqual(try vdiskfs("trim", "-s", store, "nope").status, 15)
+    }
+}
+
+/// Makes a file system in `image` at byte `offset`, fills it, deletes half the data
+/// (leaving stale bytes in free blocks), and returns the sha256sum listing of what remains.
+func populateExt4(_ dir: String, _ image: String, offset: Int, mkfsOptions: String, sizeMiB: Int) throws -> String {
+    let mnt = "\(dir)/mnt"
+    try sh("mkdir -p \(mnt)")
+    try sh("mkfs.ext4 -q -F \(mkfsOptions) -E offset=\(offset) \(image) \(sizeMiB)M")
+    try sh("mount -o loop,offset=\(offset) \(image) \(mnt)")
+    defer { _ = try? runProgram("/bin/umount", [mnt]) }
+    try sh("for i in 1 2 3 4 5 6; do head -c 2000000 /dev/urandom > \(mnt)/f$i; done; seq 1 100000 > \(mnt)/numbers; sync")
+    try sh("rm \(mnt)/f2 \(mnt)/f4 \(mnt)/f6; sync")
+    let sums = try sh("cd \(mnt) && sha256sum f1 f3 f5 numbers")
+    try sh("umount \(mnt)")
+    return sums
+}
+
+/// Exports `name`, checks it with e2fsck, mounts it and compares the files.
+func checkExt4Export(_ dir: String, _ store: String, _ name: String, offset: Int, sums: String) throws {
+    let out = "\(dir)/\(name).out"
+    XCTAssertEqual(try vdiskfs("export", "-s", store, name, out).status, 0)
+    let loop = try sh("losetup --find --show --read-only -o \(offset) \(out)").trimmingCharacters(in: .whitespacesAndNewlines)
+    defer { _ = try? runProgram("/sbin/losetup", ["-d", loop]) }
+    try sh("e2fsck -fn \(loop) >/dev/null")
+    let mnt = "\(dir)/check"
+    try sh("mkdir -p \(mnt) && mount -o loop,ro,offset=\(offset) \(out) \(mnt)")
+    defer { _ = try? runProgram("/bin/umount", [mnt]) }
+    XCTAssertEqual(try sh("cd \(mnt) && sha256sum f1 f3 f5 numbers"), sums)
+}
+

@@ -1,0 +1,25 @@
+import ArgumentParser
+import Foundation
+import VDiskStore
+
+struct TrimCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "trim", abstract: "Turn blocks an image's file systems mark free into zero blocks.",
+        discussion: """
+            Reads the image's partition table and ext2/3/4 block bitmaps through the store and \
+            stores a new version in which free blocks are zero blocks (they read back as zeros). \
+            What only the old version used returns with gc. Snapshots keep their versions. \
+            The store must not be mounted (exit 13).
+            """)
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "The image's name.") var name: String
+    @Flag(help: "Print the report as JSON.") var json = false
+
+    func run() throws {
+        let s = try Store.open(at: try store.path, access: .readWrite, purpose: "trim")
+        let r = try s.trim(name)
+        for note in r.notes where note.hasPrefix("warning:") { FileHandle.standardError.write(Data("vdiskfs: \(note)\n".utf8)) }
+        if json { try printJSON(r) } else { print("\(r.name): \(r.freedBlocks) blocks (\(formatBytes(Int64(r.freedBytes)))) marked free by the file system are now zero blocks") }
+    }
+}
