@@ -114,15 +114,7 @@ final class CommandLineTests: XCTestCase {
         try sh("head -c 48000000 /dev/urandom > \(dir)/big.img")
         var sawOld = false
         for round in 0..<8 {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: Binary.vdiskfs)
-            p.arguments = ["import", "-s", s, "\(dir)/big.img", "img\(round)", "-q"]
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            usleep(useconds_t(20_000 * (round + 1)))
-            kill(p.processIdentifier, SIGKILL)
-            p.waitUntilExit()
+            try runAndKill(["import", "-s", s, "\(dir)/big.img", "img\(round)", "-q"], after: 20_000 * (round + 1))
             let v = try vdiskfs("verify", "-s", s)
             XCTAssertEqual(v.status, 0, "round \(round): \(v.stdout) \(v.stderr)")
             let ls = try vdiskfs("ls", "-s", s).stdout
@@ -154,15 +146,7 @@ final class GarbageCollectionCommandTests: XCTestCase {
             let dry = try vdiskfs("gc", "-s", s, "--dry-run", "--json")
             XCTAssertEqual(dry.status, 0, dry.stderr)
             XCTAssertTrue(dry.stdout.contains("bytes_to_free"), dry.stdout)
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: Binary.vdiskfs)
-            p.arguments = ["gc", "-s", s, "-q", "--threshold", "0.9"]
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            usleep(useconds_t(15_000 * round))
-            kill(p.processIdentifier, SIGKILL)
-            p.waitUntilExit()
+            try runAndKill(["gc", "-s", s, "-q", "--threshold", "0.9"], after: 15_000 * round)
             let v = try vdiskfs("verify", "-s", s)
             XCTAssertEqual(v.status, 0, "round \(round): \(v.stdout) \(v.stderr)")
             XCTAssertEqual(try vdiskfs("export", "-s", s, "keep.img", "\(dir)/out\(round)").status, 0)

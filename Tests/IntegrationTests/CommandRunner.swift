@@ -68,3 +68,17 @@ func assertOneLineError(_ r: Run, code: Int32, file: StaticString = #filePath, l
         XCTAssertFalse(r.stderr.contains(crash), r.stderr, file: file, line: line)
     }
 }
+
+/// Starts `vdiskfs args`, kills it with SIGKILL after `microseconds` (it may have finished by
+/// then: the crash tests step the delay so kills land all through the run), and waits.
+func runAndKill(_ args: [String], after microseconds: Int) throws {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: Binary.vdiskfs)
+    p.arguments = args
+    p.standardOutput = FileHandle.nullDevice
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    usleep(useconds_t(microseconds))
+    kill(p.processIdentifier, SIGKILL)
+    p.waitUntilExit()
+}
