@@ -27,11 +27,11 @@ final class QEMUBootTests: XCTestCase {
         try sh("sh \(root.path)/scripts/make-guest.sh \(Self.guestDirectory) >/dev/null")
     }
 
-    func boot(_ image: String, cache: String) throws -> String {
+    func boot(_ image: String, cache: String, extra: [String] = []) throws -> String {
         let r = try runProgram("/usr/bin/timeout", ["180", "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-nographic", "-no-reboot",
             "-kernel", Self.guestDirectory + "/vmlinuz",
             "-append", "console=ttyS0 root=/dev/nvme0n1 rw init=/init panic=-1 quiet",
-            "-drive", "file=\(image),if=none,id=d0,format=raw,cache=\(cache)", "-device", "nvme,drive=d0,serial=t0"])
+            "-drive", "file=\(image),if=none,id=d0,format=raw,cache=\(cache)", "-device", "nvme,drive=d0,serial=t0"] + extra)
         XCTAssertEqual(r.status, 0, "qemu: \(r.stderr)")
         XCTAssertTrue(r.stdout.contains("GUEST: done"), "the guest did not finish:\n\(r.stdout.suffix(2000))")
         return r.stdout
@@ -47,6 +47,10 @@ final class QEMUBootTests: XCTestCase {
         try sh("mkdir \(m.path("vms")) && cp \(disk) \(m.path("vms/guest.img"))")
         let first = try boot(m.path("vms/guest.img"), cache: "none")
         XCTAssertTrue(first.contains("GUEST: wrote"), first)
+        // A snapshot of the guest boots read-only with -snapshot (writes go to QEMU's overlay).
+        try sh("mkdir \(m.path(".snapshots/after-first-boot"))")
+        let fromSnapshot = try boot(m.path(".snapshots/after-first-boot/vms/guest.img"), cache: "none", extra: ["-snapshot"])
+        XCTAssertTrue(fromSnapshot.contains("GUEST: found first") && fromSnapshot.contains("GUEST: verified"), fromSnapshot)
         try m.remount()
         let second = try boot(m.path("vms/guest.img"), cache: "writeback")
         XCTAssertTrue(second.contains("GUEST: found first"), second)
