@@ -24,7 +24,8 @@ struct VDiskfs: ParsableCommand {
         version: version,
         subcommands: [InitCommand.self, ImportCommand.self, ExportCommand.self, ListCommand.self, CloneCommand.self,
                       RemoveCommand.self, StatsCommand.self, VerifyCommand.self, MountCommand.self, SnapshotCommand.self, SnapshotsCommand.self,
-                      LogCommand.self, RollbackCommand.self, GCCommand.self, TrimCommand.self, AnalyzeCommand.self])
+                      LogCommand.self, RollbackCommand.self, GCCommand.self, TrimCommand.self, UnmountCommand.self,
+                      AnalyzeCommand.self])
 
     static func main() {
         do {

@@ -487,3 +487,20 @@ final class POSIXDetailTests: XCTestCase {
         XCTAssertEqual(try sh("stat -c %h \(m.path("t/a/b"))"), "2\n")
     }
 }
+
+final class UnmountCommandTests: XCTestCase {
+    /// `vdiskfs unmount` returns only after the final flush: the store is free at once.
+    func testUnmountWaitsForTheFinalFlush() throws {
+        let m = try MountFixture(self)
+        try m.mount()
+        try sh("head -c 30000000 /dev/urandom > \(m.path("a.img"))")
+        let r = try vdiskfs("unmount", m.mountpoint)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertFalse(m.isMounted)
+        // No waiting needed: the store is unlocked and holds the data.
+        let ls = try vdiskfs("ls", "-s", m.store, "--json")
+        XCTAssertEqual(ls.status, 0, ls.stderr)
+        XCTAssertTrue(ls.stdout.contains("\"size\" : 30000000"), ls.stdout)
+        XCTAssertEqual(try vdiskfs("unmount", m.directory).status, 19, "not a vdiskfs mount")
+    }
+}
