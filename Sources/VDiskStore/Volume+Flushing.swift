@@ -1,0 +1,146 @@
+import CSupport
+import Foundation
+import Glibc
+import SystemPackage
+
+/// The flusher: freezing the journal, moving blocks into the store, committing.
+extension Volume {
+    /// Moves every dirty block into the store and commits.
+    public func flush() throws {
+        flushLock.lock(); defer { flushLock.unlock() }
+        try flushLocked()
+    }
+
+    /// Freezes the current segment and flushes what is frozen. Call with `flushLock` held.
+    func flushLocked() throws {
+        let froze: Bool = try appendLock.withWriteLock {
+            try stateLock.withLock {
+                let changed = nodes.values.filter { !$0.isDirectory && (!$0.dirty.isEmpty || $0.liveSize != $0.root.size) }
+                guard !changed.isEmpty else { return false }
+                for n in changed {
+                    if n.frozen.isEmpty {
+                        n.frozen = n.dirty
+                        n.frozenData = n.dirtyData
+                    } else {
+                        n.frozen.merge(n.dirty) { _, new in new }
+                        n.frozenData = n.frozen.values.reduce(0) { $0 + (Self.isZero($1) ? 0 : 1) }
+                    }
+                    n.dirty = [:]
+                    n.dirtyData = 0
+                    n.frozenSize = n.liveSize
+                    n.frozenPending = true
+                }
+                frozenSegments.append(segment)
+                segment = try journal.createSegment(segment.sequence + 1)
+                currentDirtyBlocks = 0
+                return true
+            }
+        }
+        spaceFreed.lock(); spaceFreed.broadcast(); spaceFreed.unlock()
+        // A failed earlier flush leaves frozen work behind: retry it even with nothing new.
+        if froze || stateLock.withLock({ nodes.values.contains { $0.frozenPending } }) { try flushFrozen() }
+    }
+
+    /// Stores every frozen block, updates the trees, commits, deletes the frozen segments.
+    /// Call with `flushLock` held. On failure nothing is lost: the frozen blocks stay in the
+    /// journal and the next flush tries again.
+    func flushFrozen() throws {
+        let work: [(Node, [UInt64: Dirty], UInt64, ImageRoot)] = stateLock.withLock {
+            nodes.values.filter { !$0.isDirectory && $0.frozenPending }
+                .map { ($0, $0.frozen, $0.frozenSize, $0.root) }
+        }
+        var roots: [NodeID: (ImageRoot, Int64)] = [:]
+        do {
+            for (n, frozen, size, root) in work {
+                let bs = Int(root.blockSize)
+                let blocks = frozen.keys.sorted()
+                var changes: [(block: UInt64, ref: ChunkRef)] = []
+                changes.reserveCapacity(blocks.count)
+                let batch = max(1, (8 << 20) / bs)
+                let encoder = BlockEncoder(blockSize: bs, capacity: batch)
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: batch * bs, alignment: 4096)
+                defer { buffer.deallocate() }
+                var pending: [UInt64] = []
+                var tally = BlockEncoder.Tally()
+                func drain() throws {
+                    guard !pending.isEmpty else { return }
+                    let refs = try encoder.store(UnsafeRawBufferPointer(buffer), count: pending.count, into: store, tally: &tally)
+                    for (b, r) in zip(pending, refs) { changes.append((b, r)) }
+                    pending.removeAll(keepingCapacity: true)
+                }
+                for b in blocks where b * UInt64(bs) < size {
+                    switch frozen[b]! {
+                    case .zero: changes.append((b, .zero))
+                    case .ref(let r): changes.append((b, r))
+                    case .data(let seg, let off):
+                        let slot = UnsafeMutableRawBufferPointer(rebasing: buffer[(pending.count * bs)..<((pending.count + 1) * bs)])
+                        guard try seg.fd.readFully(into: slot, at: off) == bs else {
+                            throw StoreError.io(errno: EIO, context: "journal segment \(seg.path) is short")
+                        }
+                        pending.append(b)
+                        if pending.count == batch { try drain() }
+                    }
+                }
+                try drain()
+                changes.sort { $0.block < $1.block }
+                // Writes only grow an image (frozenSize >= root.size); shrinking is
+                // setAttributes', which flushes first.
+                roots[n.id] = try TreeUpdater.apply(store, to: root, newSize: size, changes: changes)
+            }
+            try commitNamespace(roots: roots.mapValues { $0.0 })
+        } catch {
+            let e = StoreError.system(error, "flush", path: store.path)
+            stateLock.withLock { lastFlushError = e }
+            try? store.rollback()
+            log("vdiskfs: flush failed, dirty data stays in the journal: \(e.description)")
+            throw e
+        }
+        let done: [WriteJournal.Segment] = stateLock.withLock {
+            for (n, _, _, _) in work {
+                guard let (r, delta) = roots[n.id] else { continue }
+                n.root = r
+                if let a = n.allocatedBlocks { n.allocatedBlocks = a + delta }
+                n.frozen = [:]
+                n.frozenData = 0
+                n.frozenPending = false
+            }
+            lastFlushError = nil
+            let segs = frozenSegments
+            frozenSegments = []
+            return segs
+        }
+        for s in done { journal.delete(s) }
+        vdisk_release_free_memory()
+    }
+
+    func wakeFlusher() {
+        flusherWake.lock(); flusherWake.signal(); flusherWake.unlock()
+    }
+
+    func flusherLoop() {
+        while true {
+            flusherWake.lock()
+            if !stopping { _ = flusherWake.wait(until: Date().addingTimeInterval(options.flushInterval)) }
+            let stop = stopping
+            flusherWake.unlock()
+            if stop { return }
+            do { try flush() } catch {
+                // Logged by flushFrozen; try again at the next tick.
+            }
+        }
+    }
+
+    /// Flushes and stops the flusher; the volume is unusable afterwards.
+    public func close() throws {
+        flusherWake.lock(); stopping = true; flusherWake.signal(); flusherWake.unlock()
+        while let t = flusher, !t.isFinished { usleep(1000) }
+        try flush()
+        stateLock.withLock { closed = true }
+        spaceFreed.lock(); spaceFreed.broadcast(); spaceFreed.unlock()
+        // Everything is committed: the current (empty) segment can go.
+        if stateLock.withLock({ !nodes.values.contains { $0.hasDirtyBlocks } && frozenSegments.isEmpty }) {
+            journal.delete(segment)
+        }
+        store.close()
+    }
+}

@@ -1,0 +1,328 @@
+import CSupport
+import Foundation
+import Glibc
+import SystemPackage
+
+/// Writing: journal appends, partial blocks, holes, seek, copy_file_range.
+extension Volume {
+    static func isZero(_ d: Dirty) -> Bool { if case .zero = d { return true } else { return false } }
+
+
+    /// Appends block writes for `n` to the journal and records them as dirty.
+    /// Call with `n.writeLock` held.
+    func append(_ n: Node, _ writes: [(UInt64, BlockWrite)], sizeAfter: UInt64) throws {
+        try waitForJournalSpace()
+        let path = Array((stateLock.withLock { n.path } ?? "").utf8)
+        var total = 0
+        for (_, w) in writes {
+            switch w {
+            case .bytes(let b): total += WriteJournal.recordSize(pathBytes: path.count, payload: b.count)
+            case .ref: total += WriteJournal.recordSize(pathBytes: path.count, payload: ChunkRef.encodedSize)
+            case .zero, .size: total += WriteJournal.recordSize(pathBytes: path.count, payload: 0)
+            }
+        }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: total, alignment: 4096)
+        defer { buffer.deallocate() }
+        var payloadOffsets: [Int] = []
+        var at = 0
+        for (b, w) in writes {
+            let p = buffer.baseAddress! + at
+            switch w {
+            case .bytes(let data):
+                payloadOffsets.append(at + WriteJournal.encode(to: p, kind: .data, path: path, block: b, sizeAfter: sizeAfter, payload: data))
+                at += WriteJournal.recordSize(pathBytes: path.count, payload: data.count)
+            case .ref(let r):
+                var bytes = [UInt8](repeating: 0, count: ChunkRef.encodedSize)
+                bytes.withUnsafeMutableBytes { r.store(to: $0.baseAddress!) }
+                _ = bytes.withUnsafeBytes { WriteJournal.encode(to: p, kind: .ref, path: path, block: b, sizeAfter: sizeAfter, payload: $0) }
+                payloadOffsets.append(0)
+                at += WriteJournal.recordSize(pathBytes: path.count, payload: ChunkRef.encodedSize)
+            case .zero, .size:
+                let kind: WriteJournal.Kind = { if case .zero = w { return .zero } else { return .size } }()
+                _ = WriteJournal.encode(to: p, kind: kind, path: path, block: b, sizeAfter: sizeAfter, payload: UnsafeRawBufferPointer(start: nil, count: 0))
+                payloadOffsets.append(0)
+                at += WriteJournal.recordSize(pathBytes: path.count, payload: 0)
+            }
+        }
+        try appendLock.withReadLock {
+            let (seg, base): (WriteJournal.Segment, Int64) = stateLock.withLock {
+                let s: WriteJournal.Segment = segment
+                let o = s.size
+                s.size += Int64(total)
+                return (s, o)
+            }
+            do { try seg.fd.writeFully(UnsafeRawBufferPointer(buffer), at: base) }
+            catch {
+                // Leave a hole of zeros that replay stops at; nothing was acknowledged.
+                throw StoreError.system(error, "write journal", path: journal.directory)
+            }
+            stateLock.withLock {
+                for (i, (b, w)) in writes.enumerated() {
+                    let new: Dirty
+                    switch w {
+                    case .bytes: new = .data(seg, base + Int64(payloadOffsets[i]))
+                    case .zero: new = .zero
+                    case .ref(let r): new = .ref(r)
+                    case .size: continue
+                    }
+                    if let old = n.dirty.updateValue(new, forKey: b) {
+                        if !Self.isZero(old) { n.dirtyData -= 1 }
+                    } else {
+                        currentDirtyBlocks += 1
+                    }
+                    if !Self.isZero(new) { n.dirtyData += 1 }
+                }
+                n.liveSize = max(n.liveSize, sizeAfter)
+                let t = now()
+                n.mtime = t
+                n.ctime = t
+            }
+        }
+        if stateLock.withLock({ segment.size > options.flushThreshold || currentDirtyBlocks > maxDirtyBlocks / 4 }) { wakeFlusher() }
+    }
+
+    /// Dirty blocks writers may have before they wait: as many as the journal limit holds.
+    var maxDirtyBlocks: Int { Int(options.journalLimit / 4096) }
+
+    func journalFull() -> Bool {
+        stateLock.withLock { segment.size > options.journalLimit || currentDirtyBlocks > maxDirtyBlocks }
+    }
+
+    func waitForJournalSpace() throws {
+        guard journalFull() else { return }
+        wakeFlusher()
+        spaceFreed.lock()
+        defer { spaceFreed.unlock() }
+        while journalFull() {
+            if closed { throw StoreError.io(errno: EIO, context: "volume closed") }
+            _ = spaceFreed.wait(until: Date().addingTimeInterval(1))
+            if let e = stateLock.withLock({ lastFlushError }), e.errno == ENOSPC { throw e }
+        }
+    }
+
+    func writableImage(_ id: NodeID) throws -> Node {
+        let n = try image(id)
+        if let snap = n.snapshot { throw StoreError.readOnly(name: Self.snapshotsName + "/" + snap) }
+        return n
+    }
+
+    /// An image node, live or in a snapshot.
+    func image(_ id: NodeID) throws -> Node {
+        let n = try node(id)
+        guard !n.isDirectory else { throw StoreError.io(errno: EISDIR, context: "not a file") }
+        return n
+    }
+
+    /// Writes `data` at `offset`, extending the file if needed; returns the bytes written.
+    public func write(_ id: NodeID, offset: UInt64, data: UnsafeRawBufferPointer) throws -> Int {
+        let n = try writableImage(id)
+        guard data.count > 0 else { return 0 }
+        guard offset + UInt64(data.count) <= Self.maxSize else { throw StoreError.io(errno: EFBIG, context: "write") }
+        n.writeLock.lock(); defer { n.writeLock.unlock() }
+        let bs = Int(stateLock.withLock { n.root.blockSize })
+        let end = offset + UInt64(data.count)
+        let first = offset / UInt64(bs), last = (end - 1) / UInt64(bs)
+        // Partial blocks at the edges are merged with their current bytes.
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 2 * bs, alignment: 4096)
+        defer { scratch.deallocate() }
+        var writes: [(UInt64, BlockWrite)] = []
+        writes.reserveCapacity(Int(last - first + 1))
+        for b in first...last {
+            let start = b * UInt64(bs)
+            let lo = Int(max(offset, start) - start)
+            let hi = Int(min(end, start + UInt64(bs)) - start)
+            let src = UnsafeRawBufferPointer(rebasing: data[Int(start + UInt64(lo) - offset)..<Int(start + UInt64(hi) - offset)])
+            var block: UnsafeRawBufferPointer
+            if lo == 0 && hi == bs {
+                block = src
+            } else {
+                let slot = UnsafeMutableRawBufferPointer(rebasing: scratch[(b == first ? 0 : bs)..<(b == first ? bs : 2 * bs)])
+                try readWholeBlock(n, b, into: slot)
+                (slot.baseAddress! + lo).copyMemory(from: src.baseAddress!, byteCount: hi - lo)
+                block = UnsafeRawBufferPointer(slot)
+            }
+            writes.append((b, isAllZero(block) ? .zero : .bytes(block)))
+        }
+        try append(n, writes, sizeAfter: max(stateLock.withLock { n.liveSize }, end))
+        return data.count
+    }
+
+    /// Largest image size (tree depth 8 would allow more; this keeps offsets sane).
+    public static let maxSize: UInt64 = 1 << 50
+
+    /// Makes every acknowledged write (of `node`, or all when nil) durable before returning.
+    public func synchronize(_ id: NodeID?, dataOnly: Bool) throws {
+        let segs: [WriteJournal.Segment] = stateLock.withLock { frozenSegments + [segment!] }
+        for s in segs {
+            do { try s.fd.synchronizeData() } catch { throw StoreError.system(error, "fsync journal", path: journal.directory) }
+        }
+    }
+
+    /// Turns a byte range into zeros (whole blocks become zero blocks and free their chunks);
+    /// the size does not change. FALLOC_FL_PUNCH_HOLE.
+    public func punchHole(_ id: NodeID, offset: UInt64, length: UInt64) throws {
+        let n = try writableImage(id)
+        let size = stateLock.withLock { n.liveSize }
+        guard offset < size, length > 0 else { return }
+        try zero(n, from: offset, to: min(size, offset + length), sizeAfter: size)
+    }
+
+    /// Zeros a range, extending the size unless `keepSize`. FALLOC_FL_ZERO_RANGE.
+    public func zeroRange(_ id: NodeID, offset: UInt64, length: UInt64, keepSize: Bool) throws {
+        let n = try writableImage(id)
+        let size = stateLock.withLock { n.liveSize }
+        let end = offset + length
+        if offset < size { try zero(n, from: offset, to: min(size, end), sizeAfter: keepSize ? size : max(size, end)) }
+        if !keepSize && end > size { try extend(n, to: end) }
+    }
+
+    /// posix_fallocate: extends the size to cover the range unless `keepSize` (no space is reserved).
+    public func allocate(_ id: NodeID, offset: UInt64, length: UInt64, keepSize: Bool) throws {
+        let n = try writableImage(id)
+        let end = offset + length
+        guard end <= Self.maxSize else { throw StoreError.io(errno: EFBIG, context: "fallocate") }
+        if !keepSize && end > stateLock.withLock({ n.liveSize }) { try extend(n, to: end) }
+    }
+
+    func extend(_ n: Node, to size: UInt64) throws {
+        n.writeLock.lock(); defer { n.writeLock.unlock() }
+        if size > stateLock.withLock({ n.liveSize }) { try append(n, [(0, .size)], sizeAfter: size) }
+    }
+
+    func zero(_ n: Node, from: UInt64, to: UInt64, sizeAfter: UInt64) throws {
+        guard from < to else { return }
+        n.writeLock.lock()
+        let bs = UInt64(stateLock.withLock { n.root.blockSize })
+        let firstFull = (from + bs - 1) / bs, endFull = to / bs
+        var writes: [(UInt64, BlockWrite)] = []
+        if firstFull < endFull { for b in firstFull..<endFull { writes.append((b, .zero)) } }
+        do {
+            if !writes.isEmpty {
+                // Journal zero records in batches (each is a header only).
+                for chunk in stride(from: 0, to: writes.count, by: 65536) {
+                    try append(n, Array(writes[chunk..<min(chunk + 65536, writes.count)]), sizeAfter: max(stateLock.withLock { n.liveSize }, sizeAfter))
+                }
+            }
+        } catch { n.writeLock.unlock(); throw error }
+        n.writeLock.unlock()
+        // Partial blocks at the edges: write zeros.
+        func zeros(_ a: UInt64, _ b: UInt64) throws {
+            guard a < b else { return }
+            let z = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(b - a), alignment: 16)
+            defer { z.deallocate() }
+            z.initializeMemory(as: UInt8.self, repeating: 0)
+            _ = try write(n.id, offset: a, data: UnsafeRawBufferPointer(z))
+        }
+        if firstFull >= endFull {
+            try zeros(from, to)
+        } else {
+            try zeros(from, firstFull * bs)
+            try zeros(endFull * bs, to)
+        }
+    }
+
+    /// SEEK_DATA (`data` true) or SEEK_HOLE from `offset`; throws ENXIO past the end.
+    public func seek(_ id: NodeID, offset: UInt64, data wantData: Bool) throws -> UInt64 {
+        let n = try image(id)
+        let (size, root, dirty): (UInt64, ImageRoot, [UInt64: Bool]) = stateLock.withLock {
+            var d: [UInt64: Bool] = [:]
+            for (b, v) in n.frozen { if case .zero = v { d[b] = false } else { d[b] = true } }
+            for (b, v) in n.dirty { if case .zero = v { d[b] = false } else { d[b] = true } }
+            return (n.liveSize, n.root, d)
+        }
+        guard offset < size else { throw StoreError.io(errno: ENXIO, context: "seek past the end") }
+        let bs = UInt64(root.blockSize)
+        let blocks = (size + bs - 1) / bs
+        var b = offset / bs
+        while b < blocks {
+            let isData: Bool
+            if let d = dirty[b] { isData = d }
+            else if b >= root.blockCount { isData = false }
+            else {
+                // Skip a whole zero leaf at once.
+                let leafFirst = b / UInt64(TreeNode.fanOut) * UInt64(TreeNode.fanOut)
+                if root.depth >= 2, try leafIsZero(root, leafFirst), !dirty.keys.contains(where: { $0 >= b && $0 < leafFirst + UInt64(TreeNode.fanOut) }) {
+                    if !wantData { return max(offset, b * bs) }
+                    b = leafFirst + UInt64(TreeNode.fanOut)
+                    continue
+                }
+                isData = !(try store.blockRef(root, b)).isZero
+            }
+            if isData == wantData { return max(offset, b * bs) }
+            b += 1
+        }
+        if wantData { throw StoreError.io(errno: ENXIO, context: "no data after offset") }
+        return size
+    }
+
+    func leafIsZero(_ root: ImageRoot, _ leafFirst: UInt64) throws -> Bool {
+        var ref = root.root
+        var level = Int(root.depth) - 1
+        while level >= 1 {
+            if ref.isZero { return true }
+            let node = try store.readNode(ref)
+            ref = node[Int((leafFirst / TreeNode.span(ofLevel: level)) % UInt64(TreeNode.fanOut))]
+            level -= 1
+        }
+        return ref.isZero
+    }
+
+    /// copy_file_range: block-aligned parts share chunks instead of copying bytes.
+    public func copyRange(from sourceID: NodeID, offset sourceOffset: UInt64, to targetID: NodeID, offset targetOffset: UInt64, length: UInt64) throws -> UInt64 {
+        let src = try image(sourceID)
+        let dst = try writableImage(targetID)
+        let (srcSize, srcBS, dstBS) = stateLock.withLock { (src.liveSize, src.root.blockSize, dst.root.blockSize) }
+        guard sourceOffset < srcSize else { return 0 }
+        let len = min(length, srcSize - sourceOffset)
+        let bs = UInt64(srcBS)
+        var done: UInt64 = 0
+        if srcBS == dstBS && sourceOffset % bs == 0 && targetOffset % bs == 0 && sourceID != targetID {
+            // Share whole blocks: no bytes move, the target's tree will name the same chunks.
+            let whole = len / bs
+            var b: UInt64 = 0
+            while b < whole {
+                let count = min(whole - b, 4096)
+                var writes: [(UInt64, BlockWrite)] = []
+                var held: [UnsafeMutableRawBufferPointer] = []
+                defer { held.forEach { $0.deallocate() } }
+                for i in 0..<count {
+                    let sb = sourceOffset / bs + b + i
+                    let (d, root): (Dirty?, ImageRoot) = stateLock.withLock { (src.dirty[sb] ?? src.frozen[sb], src.root) }
+                    let w: BlockWrite
+                    switch d {
+                    case .zero?: w = .zero
+                    case .ref(let r)?: w = .ref(r)
+                    case .data?:
+                        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(bs), alignment: 4096)
+                        held.append(buf)
+                        try readWholeBlock(src, sb, into: buf)
+                        w = .bytes(UnsafeRawBufferPointer(buf))
+                    case nil:
+                        let r = try store.blockRef(root, sb)
+                        w = r.isZero ? .zero : .ref(r)
+                    }
+                    writes.append((targetOffset / bs + b + i, w))
+                }
+                dst.writeLock.lock()
+                do {
+                    try append(dst, writes, sizeAfter: max(stateLock.withLock { dst.liveSize }, targetOffset + (b + count) * bs))
+                } catch { dst.writeLock.unlock(); throw error }
+                dst.writeLock.unlock()
+                b += count
+            }
+            done = whole * bs
+        }
+        // The rest byte by byte.
+        let chunk = 1 << 20
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 4096)
+        defer { buf.deallocate() }
+        while done < len {
+            let want = Int(min(UInt64(chunk), len - done))
+            let got = try read(sourceID, offset: sourceOffset + done, into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<want]))
+            if got == 0 { break }
+            _ = try write(targetID, offset: targetOffset + done, data: UnsafeRawBufferPointer(rebasing: buf[0..<got]))
+            done += UInt64(got)
+        }
+        return done
+    }
+}
