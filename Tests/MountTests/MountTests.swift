@@ -504,3 +504,43 @@ final class UnmountCommandTests: XCTestCase {
         XCTAssertEqual(try vdiskfs("unmount", m.directory).status, 19, "not a vdiskfs mount")
     }
 }
+
+final class SnapshotConsistencyTests: XCTestCase {
+    /// Two processes write: one counts up in a.img, the other copies what it reads there
+    /// into b.img, so at every instant b <= a. Every snapshot must show b <= a too: a
+    /// snapshot that caught b's newer value with a's older one would not be one instant.
+    func testSnapshotsAreConsistentAcrossImagesUnderConcurrentWriters() throws {
+        let m = try MountFixture(self)
+        try m.mount()
+        let a = m.path("a.img"), b = m.path("b.img")
+        try sh("printf '%020d' 0 > \(a) && printf '%020d' 0 > \(b)")
+        let writerA = "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); printf '%020d' $i | dd of=\(a) conv=notrunc status=none; done"
+        let writerB = "while [ ! -e \(m.directory)/stop ]; do v=$(head -c 20 \(a)); printf '%s' $v | dd of=\(b) conv=notrunc status=none; done"
+        let pa = Process(), pb = Process()
+        for (p, script) in [(pa, writerA), (pb, writerB)] {
+            p.executableURL = URL(fileURLWithPath: "/bin/sh")
+            p.arguments = ["-c", script]
+            try p.run()
+        }
+        var taken = 0
+        while pa.isRunning && taken < 30 {
+            try sh("mkdir \(m.path(".snapshots/s\(taken)"))")
+            taken += 1
+            usleep(50_000)
+        }
+        pa.waitUntilExit()
+        FileManager.default.createFile(atPath: m.directory + "/stop", contents: nil)
+        pb.waitUntilExit()
+        XCTAssertGreaterThan(taken, 3)
+        var sawProgress = false
+        for i in 0..<taken {
+            let va = Int(try String(contentsOfFile: m.path(".snapshots/s\(i)/a.img"), encoding: .utf8))!
+            let vb = Int(try String(contentsOfFile: m.path(".snapshots/s\(i)/b.img"), encoding: .utf8))!
+            XCTAssertLessThanOrEqual(vb, va, "snapshot s\(i): b=\(vb) is newer than a=\(va)")
+            if vb > 0 { sawProgress = true }
+        }
+        XCTAssertTrue(sawProgress, "the writers ran while snapshots were taken")
+        try m.unmount()
+        XCTAssertEqual(try vdiskfs("verify", "-s", m.store).status, 0)
+    }
+}
