@@ -35,15 +35,19 @@ public struct CollectionPlan: Codable, Sendable {
 /// The store must be opened for writing (no mount), and a mount's journal in STORE/journal
 /// must have been replayed (mount and unmount once) so no acknowledged write is lost.
 public enum GarbageCollector {
-    public static func plan(_ store: Store, threshold: Double = 0.5, progress: ((Int64, Int64) -> Void)? = nil) throws -> (CollectionPlan, live: Set<ChunkHash>) {
+    /// `alsoLive`: hashes a running mount still needs beyond the committed state (journal
+    /// refs, trees of unlinked open images); a mount passes them and `mounted: true`.
+    public static func plan(_ store: Store, threshold: Double = 0.5, alsoLive: Set<ChunkHash> = [], mounted: Bool = false,
+                            progress: ((Int64, Int64) -> Void)? = nil) throws -> (CollectionPlan, live: Set<ChunkHash>) {
         let journal = store.path + "/journal"
-        if let segments = try? FileIO.list(journal), segments.contains(where: { $0.hasPrefix("journal-") && $0.hasSuffix(".log") }) {
+        if !mounted, let segments = try? FileIO.list(journal), segments.contains(where: { $0.hasPrefix("journal-") && $0.hasSuffix(".log") }) {
             throw StoreError.busy(name: "\(store.path) has a mount's journal to replay: mount and unmount it first")
         }
         // Nothing may be appended to a pack the plan could delete: new records (gc's copies
         // included) go to a fresh pack from here on.
         if store.access == .readWrite { try store.withWriter { w in try w.sealCurrent() } }
-        let live = try mark(store)
+        var live = try mark(store)
+        live.formUnion(alsoLive)
         var plan = CollectionPlan()
         plan.liveChunks = live.count
         let numbers = try store.packNumbers()
@@ -99,7 +103,7 @@ public enum GarbageCollector {
         return live
     }
 
-    private static func markTree(_ store: Store, _ ref: ChunkRef, level: Int, live: inout Set<ChunkHash>) throws {
+    static func markTree(_ store: Store, _ ref: ChunkRef, level: Int, live: inout Set<ChunkHash>) throws {
         if ref.isZero || live.contains(ref.hash) { return }
         live.insert(ref.hash)
         let node = try TreeNode.decode(try store.readRecord(ref, kind: .tree), what: "tree node \(ref.hash.short)")

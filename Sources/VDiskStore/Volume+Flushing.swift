@@ -5,6 +5,32 @@ import SystemPackage
 
 /// The flusher: freezing the journal, moving blocks into the store, committing.
 extension Volume {
+    /// Garbage collection on the mounted store: flushes, then collects while commits are held
+    /// off. Besides the committed images and snapshots, chunks named by journal refs (from
+    /// copy_file_range) and the trees of unlinked images still open stay live. Writes go on
+    /// into the journal meanwhile.
+    public func collectGarbage(threshold: Double, dryRun: Bool) throws -> CollectionPlan {
+        flushLock.lock(); defer { flushLock.unlock() }
+        try flushLocked()
+        var alsoLive = Set<ChunkHash>()
+        let orphans: [ImageRoot] = stateLock.withLock {
+            for n in nodes.values {
+                for d in n.dirty.values { if case .ref(let r) = d { alsoLive.insert(r.hash) } }
+                for d in n.frozen.values { if case .ref(let r) = d { alsoLive.insert(r.hash) } }
+            }
+            return nodes.values.filter { !$0.isDirectory && $0.path == nil && $0.snapshot == nil }.map(\.root)
+        }
+        for root in orphans where !root.root.isZero {
+            try GarbageCollector.markTree(store, root.root, level: Int(root.depth) - 1, live: &alsoLive)
+        }
+        let (plan, live) = try GarbageCollector.plan(store, threshold: threshold, alsoLive: alsoLive, mounted: true)
+        if !dryRun {
+            try GarbageCollector.execute(store, plan, live: live)
+            stateLock.withLock { snapshotNamespaces.removeAll() }
+        }
+        return plan
+    }
+
     /// Moves every dirty block into the store and commits.
     public func flush() throws {
         flushLock.lock(); defer { flushLock.unlock() }

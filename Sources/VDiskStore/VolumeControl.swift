@@ -8,6 +8,7 @@ import Glibc
 ///     {"op": "snapshot", "label": "L"}        → {"ok": true, "name": "L"}
 ///     {"op": "delete-snapshot", "name": "L"}  → {"ok": true}
 ///     {"op": "flush"}                         → {"ok": true}
+///     {"op": "gc", "threshold": 0.5, "dry_run": false} → {"ok": true, "plan": {...}}
 ///     failures                                → {"ok": false, "error": "...", "code": 14}
 public final class VolumeControl: @unchecked Sendable {
     public static func socketPath(store: String) -> String { store + "/control.sock" }
@@ -89,6 +90,11 @@ public final class VolumeControl: @unchecked Sendable {
                 guard let name = request["name"] as? String else { throw StoreError.invalidArgument("delete-snapshot needs a name") }
                 try volume.removeDirectory(parent: Volume.snapshotsNode, name: name)
             case "flush": try volume.flush()
+            case "gc":
+                let plan = try volume.collectGarbage(threshold: request["threshold"] as? Double ?? 0.5,
+                                                     dryRun: request["dry_run"] as? Bool ?? false)
+                let json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(plan))
+                reply["plan"] = json
             default: throw StoreError.invalidArgument("unknown control request \(op)")
             }
         } catch let e as StoreError {

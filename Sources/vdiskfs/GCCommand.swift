@@ -9,8 +9,9 @@ struct GCCommand: ParsableCommand {
             Marks every chunk reachable from the images and snapshots, then deletes packs with \
             nothing live and rewrites packs whose live share is below --threshold. --dry-run \
             prints the plan (bytes to free, packs to delete and rewrite) and changes nothing. \
-            The store must not be mounted (exit 13); a journal left by a crashed mount must be \
-            replayed first (mount and unmount once; exit 22 otherwise).
+            On a mounted store the running mount collects (writes go on meanwhile; chunks its \
+            journal still names stay). A journal left by a crashed mount must be replayed first \
+            (mount and unmount once; exit 22 otherwise).
             """)
 
     @OptionGroup var store: StoreOptions
@@ -21,7 +22,19 @@ struct GCCommand: ParsableCommand {
 
     func run() throws {
         guard threshold >= 0 && threshold <= 1 else { throw StoreError.invalidArgument("--threshold must be between 0 and 1") }
-        let s = try Store.open(at: try store.path, access: dryRun ? .readOnly : .readWrite, purpose: "gc")
+        let path = try store.path
+        let s: Store
+        do { s = try Store.open(at: path, access: dryRun ? .readOnly : .readWrite, purpose: "gc") } catch StoreError.storeLocked(let p, let holder) {
+            // Mounted: the running mount collects, with its journal's needs marked live.
+            guard let reply = try VolumeControl.send(store: path, ["op": "gc", "threshold": threshold, "dry_run": dryRun]) else {
+                throw StoreError.storeLocked(path: p, holder: holder)
+            }
+            let plan = try JSONDecoder().decode(CollectionPlan.self, from: JSONSerialization.data(withJSONObject: reply["plan"] ?? [:]))
+            if json { try printJSON(plan) } else {
+                print("\(dryRun ? "would free" : "freed") \(formatBytes(plan.bytesToFree)) (by the mount): delete \(plan.packsToDelete.count) packs, rewrite \(plan.packsToRewrite.count), keep \(plan.packsKept)")
+            }
+            return
+        }
         let before = try s.diskBytes()
         let markBar = ProgressBar("plan", quiet: quiet || json)
         let (plan, live) = try GarbageCollector.plan(s, threshold: threshold, progress: markBar.callback)

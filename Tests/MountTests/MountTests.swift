@@ -544,3 +544,36 @@ final class SnapshotConsistencyTests: XCTestCase {
         XCTAssertEqual(try vdiskfs("verify", "-s", m.store).status, 0)
     }
 }
+
+final class MountedGCTests: XCTestCase {
+    func testGCOnAMountedStoreUnderWrites() throws {
+        let m = try MountFixture(self)
+        try m.mount()
+        try sh("head -c 40000000 /dev/urandom > \(m.path("junk.img")) && head -c 8000000 /dev/urandom > \(m.path("keep.img")) && cp \(m.path("keep.img")) \(m.directory)/keep.orig")
+        // An unlinked image still open must stay readable through gc.
+        let held = open(m.path("keep.img"), O_RDONLY)
+        XCTAssertGreaterThanOrEqual(held, 0)
+        try sh("mv \(m.path("keep.img")) \(m.path("kept.img")) && cp \(m.path("kept.img")) \(m.path("copy.img")) && rm \(m.path("kept.img")) \(m.path("junk.img"))")
+        // A verifying write load runs while gc collects.
+        let fio = Process()
+        fio.executableURL = URL(fileURLWithPath: "/usr/bin/fio")
+        fio.arguments = ["--name=w", "--filename=\(m.path("live.img"))", "--size=16m", "--bs=4k", "--rw=randwrite", "--verify=crc32c",
+                         "--ioengine=psync", "--fsync=32", "--do_verify=1", "--output=/dev/null"]
+        try fio.run()
+        let gc = try vdiskfs("gc", "-s", m.store, "--threshold", "0.9", "--json")
+        XCTAssertEqual(gc.status, 0, gc.stderr)
+        let plan = try JSONSerialization.jsonObject(with: Data(gc.stdout.utf8)) as? [String: Any]
+        XCTAssertGreaterThan(plan?["bytes_to_free"] as? Int ?? 0, 30_000_000, "junk.img's 40 MB are collected: \(gc.stdout)")
+        fio.waitUntilExit()
+        XCTAssertEqual(fio.terminationStatus, 0, "fio verify failed while gc ran")
+        try sh("cmp \(m.path("copy.img")) \(m.directory)/keep.orig")
+        var buf = [UInt8](repeating: 0, count: 8_000_000)
+        XCTAssertEqual(pread(held, &buf, buf.count, 0), buf.count)
+        XCTAssertEqual(Data(buf), try Data(contentsOf: URL(fileURLWithPath: m.directory + "/keep.orig")))
+        close(held)
+        try m.unmount()
+        XCTAssertEqual(try vdiskfs("verify", "-s", m.store).status, 0)
+        let after = Int(try sh("du -sb \(m.store)/packs | cut -f1").trimmingCharacters(in: .whitespacesAndNewlines))!
+        XCTAssertLessThan(after, 40_000_000, "only keep (8 MB) and live.img (16 MB) remain")
+    }
+}
