@@ -95,27 +95,23 @@ extension Store {
             return
         }
         for i in run {
-            let loc = refs[i].location
-            let at = Int(loc.offset - first.offset)
-            let record = UnsafeRawBufferPointer(rebasing: buffer[at..<min(got, at + loc.recordLength)])
-            guard record.count == loc.recordLength, let header = PackFormat.loadRecordHeader(record.baseAddress!),
-                  header.hash == refs[i].hash, header.kind == .data, header.storedLength == Int(loc.storedLength),
-                  header.rawLength == blockSize
-            else {
-                // Not where the tree says: let the single-record path follow the index.
+            let at = Int(refs[i].location.offset - first.offset)
+            // A short read (the pack shrank) leaves a partial or empty record: checked() sends it to the fallback.
+            let record = UnsafeRawBufferPointer(rebasing: buffer[min(at, got)..<min(got, at + refs[i].location.recordLength)])
+            do {
+                let header = try PackReader.checked(record, refs[i], kind: .data)
+                guard header.rawLength == blockSize else {
+                    throw PackReader.Failure.damaged("\(PackReader.describe(refs[i], .data)) has the wrong length")
+                }
+                try PackReader.decode(record, header, refs[i], .data, into: slot(i))
+            } catch PackReader.Failure.notThere {
+                // Not where the tree says: the single-record path follows the index.
                 guard try readBlock(refs[i], into: slot(i)) == blockSize else {
                     throw StoreError.damagedChunk(detail: "chunk \(refs[i].hash.short) has the wrong length")
                 }
-                continue
-            }
-            let what = "chunk \(refs[i].hash.short) in pack \(PackFormat.fileName(loc.pack)) at offset \(loc.offset)"
-            guard PackFormat.recordChecksumMatches(record, header: header) else {
-                log("vdiskfs: \(what) fails its checksum")
-                throw StoreError.damagedChunk(detail: "\(what) fails its checksum")
-            }
-            guard Compression.decompress(header.codec, UnsafeRawBufferPointer(rebasing: record[PackFormat.recordHeaderSize...]), into: slot(i)) else {
-                log("vdiskfs: \(what) does not decompress")
-                throw StoreError.damagedChunk(detail: "\(what) does not decompress")
+            } catch PackReader.Failure.damaged(let what) {
+                log("vdiskfs: " + what)
+                throw StoreError.damagedChunk(detail: what)
             }
         }
     }

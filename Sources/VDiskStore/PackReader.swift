@@ -50,41 +50,61 @@ final class PackReader: @unchecked Sendable {
     /// Reads the record at `ref.location`, checks its crc32c and that it holds `ref.hash`,
     /// and decodes its payload into `output` (which must hold the raw length); returns the raw length.
     func read(_ ref: ChunkRef, kind: RecordKind, into output: UnsafeMutableRawBufferPointer) throws -> Int {
-        let h = try handle(ref.location.pack)
-        let length = ref.location.recordLength
-        return try withUnsafeTemporaryAllocation(byteCount: length, alignment: 16) { (record) throws -> Int in
-            let n: Int
-            do { n = try h.fd.readFully(into: record, at: Int64(ref.location.offset)) }
-            catch { throw Failure.system(StoreError.system(error, "read pack \(PackFormat.fileName(ref.location.pack))", path: directory)) }
-            guard n == length, let header = PackFormat.loadRecordHeader(record.baseAddress!),
-                  header.hash == ref.hash, header.storedLength == Int(ref.location.storedLength)
-            else { throw Failure.notThere }
-            let what = "\(header.kind == .data ? "chunk" : "tree node") \(ref.hash.short) in pack \(PackFormat.fileName(ref.location.pack)) at offset \(ref.location.offset)"
-            guard header.kind == kind else { throw Failure.damaged("\(what) has the wrong kind") }
-            guard PackFormat.recordChecksumMatches(UnsafeRawBufferPointer(record), header: header) else {
-                throw Failure.damaged("\(what) fails its checksum")
-            }
-            guard header.rawLength <= output.count,
-                  Compression.decompress(header.codec,
-                                         UnsafeRawBufferPointer(rebasing: record[PackFormat.recordHeaderSize..<length]),
-                                         into: UnsafeMutableRawBufferPointer(rebasing: output[0..<header.rawLength]))
-            else { throw Failure.damaged("\(what) does not decompress") }
+        try withRecord(ref) { record in
+            let header = try Self.checked(record, ref, kind: kind)
+            guard header.rawLength <= output.count else { throw Failure.damaged("\(Self.describe(ref, kind)) is longer than expected") }
+            try Self.decode(record, header, ref, kind, into: UnsafeMutableRawBufferPointer(rebasing: output[0..<header.rawLength]))
             return header.rawLength
         }
     }
 
-    /// Reads a record whose raw length is not known in advance (tree nodes, namespaces).
+    /// Reads a record whose raw length is not known in advance (tree nodes, namespaces):
+    /// one read, since the location carries the record's length.
     func readBytes(_ ref: ChunkRef, kind: RecordKind) throws -> [UInt8] {
+        try withRecord(ref) { record in
+            let header = try Self.checked(record, ref, kind: kind)
+            var out = [UInt8](repeating: 0, count: header.rawLength)
+            try out.withUnsafeMutableBytes { try Self.decode(record, header, ref, kind, into: $0) }
+            return out
+        }
+    }
+
+    /// Reads the whole record `ref` names into a temporary buffer for `body`.
+    private func withRecord<T>(_ ref: ChunkRef, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
         let h = try handle(ref.location.pack)
-        var header = [UInt8](repeating: 0, count: PackFormat.recordHeaderSize)
-        let n: Int
-        do { n = try header.withUnsafeMutableBytes { (b) throws -> Int in try h.fd.readFully(into: b, at: Int64(ref.location.offset)) } }
-        catch { throw Failure.system(StoreError.system(error, "read pack", path: directory)) }
-        guard n == header.count, let parsed = header.withUnsafeBytes({ PackFormat.loadRecordHeader($0.baseAddress!) }),
-              parsed.hash == ref.hash else { throw Failure.notThere }
-        var out = [UInt8](repeating: 0, count: parsed.rawLength)
-        let got = try out.withUnsafeMutableBytes { (o) throws -> Int in try read(ref, kind: kind, into: o) }
-        return got == out.count ? out : Array(out[0..<got])
+        let length = ref.location.recordLength
+        return try withUnsafeTemporaryAllocation(byteCount: length, alignment: 16) { (record) throws -> T in
+            let n: Int
+            do { n = try h.fd.readFully(into: record, at: Int64(ref.location.offset)) }
+            catch { throw Failure.system(StoreError.system(error, "read pack \(PackFormat.fileName(ref.location.pack))", path: directory)) }
+            return try body(UnsafeRawBufferPointer(rebasing: record[0..<n]))
+        }
+    }
+
+    /// The one check of a record read from a pack, for every read path: it must be whole and
+    /// hold `ref.hash` with `ref`'s length (else the location is stale: `notThere`), be of
+    /// `kind` and pass its crc32c (else it is damaged).
+    static func checked(_ record: UnsafeRawBufferPointer, _ ref: ChunkRef, kind: RecordKind) throws -> PackFormat.RecordHeader {
+        guard record.count == ref.location.recordLength, let header = PackFormat.loadRecordHeader(record.baseAddress!),
+              header.hash == ref.hash, header.storedLength == Int(ref.location.storedLength)
+        else { throw Failure.notThere }
+        guard header.kind == kind else { throw Failure.damaged("\(describe(ref, header.kind)) has the wrong kind") }
+        guard PackFormat.recordChecksumMatches(record, header: header) else {
+            throw Failure.damaged("\(describe(ref, kind)) fails its checksum")
+        }
+        return header
+    }
+
+    /// Decodes a checked record's payload into exactly `output.count` bytes.
+    static func decode(_ record: UnsafeRawBufferPointer, _ header: PackFormat.RecordHeader, _ ref: ChunkRef, _ kind: RecordKind,
+                       into output: UnsafeMutableRawBufferPointer) throws {
+        guard Compression.decompress(header.codec, UnsafeRawBufferPointer(rebasing: record[PackFormat.recordHeaderSize...]), into: output) else {
+            throw Failure.damaged("\(describe(ref, kind)) does not decompress")
+        }
+    }
+
+    static func describe(_ ref: ChunkRef, _ kind: RecordKind) -> String {
+        "\(kind == .data ? "chunk" : kind == .tree ? "tree node" : "record") \(ref.hash.short) in pack \(PackFormat.fileName(ref.location.pack)) at offset \(ref.location.offset)"
     }
 }
 
