@@ -45,7 +45,7 @@ public enum Exporter {
         let bs = Int(image.blockSize)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: TreeNode.fanOut * bs, alignment: 4096)
         defer { buffer.deallocate() }
-        let workers = max(1, ProcessInfo.activeCores)
+        let workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
         let total = Int64(image.size)
         try store.forEachLeaf(image) { first, refs in
             let count = Int(min(UInt64(TreeNode.fanOut), image.blockCount - first))

@@ -145,9 +145,3 @@ public enum Importer {
         return ImageRoot(size: UInt64(size), blockSize: UInt32(blockSize), depth: depth, root: root)
     }
 }
-
-import Foundation
-
-extension ProcessInfo {
-    static var activeCores: Int { ProcessInfo.processInfo.activeProcessorCount }
-}
