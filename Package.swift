@@ -17,6 +17,8 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        // librados has no pkg-config file: the module map links "rados" itself.
+        .systemLibrary(name: "CRados", providers: [.apt(["librados-dev"])]),
         // Thin C shims: what Swift cannot import directly (macros, inline functions, intrinsics).
         .target(name: "CSupport", cSettings: [.unsafeFlags(["-O3"])]),
         .target(name: "CFuseShim", dependencies: ["CFuse"]),
@@ -27,6 +29,8 @@ let package = Package(
                 "CLZ4", "CCrypto", "CSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
+        // The Ceph RADOS backend of the store; the only module that sees librados.
+        .target(name: "VDiskRados", dependencies: ["VDiskStore", "CRados"]),
         // Image similarity analysis (the paper's section 2); needs no store.
         .target(name: "VDiskAnalyze", dependencies: ["VDiskStore"]),
         // The FUSE driver: store-backed file system over the libfuse low-level API.
@@ -39,13 +43,14 @@ let package = Package(
         .executableTarget(
             name: "vdiskfs",
             dependencies: [
-                "VDiskStore", "VDiskFUSE", "VDiskAnalyze",
+                "VDiskStore", "VDiskFUSE", "VDiskAnalyze", "VDiskRados",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "VDiskStoreTests", dependencies: ["VDiskStore"]),
         .testTarget(name: "VDiskAnalyzeTests", dependencies: ["VDiskAnalyze", "VDiskStore"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VDiskStore"]),
         .testTarget(name: "MountTests", dependencies: ["VDiskStore"]),
+        .testTarget(name: "RadosTests", dependencies: ["VDiskRados", "VDiskStore"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,8 +1,9 @@
 #!/bin/sh
 # Installs what vdiskfs needs to build, run and test on Debian 12 (as root).
+# ceph-mon/ceph-osd run the throw-away test cluster (scripts/ceph-test-cluster.sh).
 # Idempotent: packages already present are left alone.
 set -eu
-pkgs="fuse3 libfuse3-dev libssl-dev liblz4-dev pkg-config e2fsprogs fio xfsprogs qemu-utils util-linux fdisk gdisk"
+pkgs="fuse3 libfuse3-dev libssl-dev liblz4-dev pkg-config e2fsprogs fio xfsprogs qemu-utils util-linux fdisk gdisk ceph-mon ceph-osd librados-dev"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -1,0 +1,2 @@
+import CRados
+import VDiskStore
