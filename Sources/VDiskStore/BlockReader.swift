@@ -87,8 +87,8 @@ extension Store {
         defer { buffer.deallocate() }
         let got: Int
         do {
-            let h = try packs.handle(first.pack)
-            got = try h.fd.readFully(into: buffer, at: Int64(first.offset))
+            guard let n = try backend.readPack(first.pack, at: Int64(first.offset), into: buffer) else { throw PackReader.Failure.notThere }
+            got = n
         } catch {
             // Pack gone or unreadable: fall back to one record at a time (index lookups).
             for i in run { _ = try readBlock(refs[i], into: slot(i)) }

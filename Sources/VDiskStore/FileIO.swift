@@ -189,3 +189,15 @@ enum FileIO {
         return names
     }
 }
+
+extension FileIO {
+    /// Creates a fresh private directory under $TMPDIR (or /tmp).
+    static func makeTemporaryDirectory(prefix: String) throws -> String {
+        let base = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
+        var template = Array((base + "/" + prefix + ".XXXXXX").utf8CString)
+        guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
+            throw StoreError.io(errno: errno, context: "create a temporary directory in \(base)")
+        }
+        return String(cString: template)
+    }
+}

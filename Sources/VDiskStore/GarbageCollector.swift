@@ -39,7 +39,7 @@ public enum GarbageCollector {
     /// refs, trees of unlinked open images); a mount passes them and `mounted: true`.
     public static func plan(_ store: Store, threshold: Double = 0.5, alsoLive: Set<ChunkHash> = [], mounted: Bool = false,
                             progress: ((Int64, Int64) -> Void)? = nil) throws -> (CollectionPlan, live: Set<ChunkHash>) {
-        let journal = store.path + "/journal"
+        let journal = store.localDirectory + "/journal"
         if !mounted, let segments = try? FileIO.list(journal), segments.contains(where: { $0.hasPrefix("journal-") && $0.hasSuffix(".log") }) {
             throw StoreError.busy(name: "\(store.path) has a mount's journal to replay: mount and unmount it first")
         }
@@ -52,11 +52,11 @@ public enum GarbageCollector {
         plan.liveChunks = live.count
         let numbers = try store.packNumbers()
         var total: Int64 = 0
-        for p in numbers { total += Int64(FileIO.size(store.packPath(p))) }
+        for p in numbers { total += try store.backend.packSize(p) ?? 0 }
         var done: Int64 = 0
         for pack in numbers {
             var liveBytes: Int64 = 0
-            let (_, length) = try PackScanner.scan(path: store.packPath(pack), withPayloads: false) { rec in
+            let (_, length) = try PackScanner.scan(store.backend, pack: pack, withPayloads: false) { rec in
                 if isLive(rec.ref, store: store, live: live) { liveBytes += Int64(rec.ref.location.recordLength) }
             }
             let name = PackFormat.fileName(pack)
@@ -123,7 +123,7 @@ public enum GarbageCollector {
         var moved: [(ChunkHash, ChunkLocation)] = []
         var done: Int64 = 0
         for pack in rewrite {
-            try PackScanner.scan(path: store.packPath(pack), withPayloads: true) { rec in
+            try PackScanner.scan(store.backend, pack: pack, withPayloads: true) { rec in
                 guard rec.checksumOK, isLive(rec.ref, store: store, live: live) else { return }
                 let payload = UnsafeRawBufferPointer(rebasing: rec.bytes[PackFormat.recordHeaderSize...])
                 let loc = try store.appendCopy(kind: rec.kind, hash: rec.ref.hash, codec: rec.codec, rawLength: rec.rawLength, payload: payload)
@@ -141,8 +141,8 @@ public enum GarbageCollector {
         // 3. A fresh root: namespace and snapshot table rewritten where they now live.
         try store.commit(store.namespace, snapshots: try store.snapshots())
         // 4. Only now the old packs go.
-        for p in going { unlink(store.packPath(p)) }
-        try FileIO.syncDirectory(containing: store.packPath(0))
+        try store.backend.removePacks(Array(going).sorted())
+        try store.backend.removePackSummaries(Array(going).sorted())
         store.packs.closeAll()
         store.nodeCache.removeAll()
     }

@@ -1,18 +1,9 @@
 import Glibc
 import SystemPackage
 
-/// Reads and checks records from packs. Thread-safe; keeps a bounded set of open packs.
+/// Reads and checks records from packs. Thread-safe.
 final class PackReader: @unchecked Sendable {
-    let directory: String
-    private let handles = Locked<[UInt64: Handle]>([:])
-    static let maxOpen = 256
-
-    /// An open pack; closed when the last reader lets go of it.
-    final class Handle: @unchecked Sendable {
-        let fd: FileDescriptor
-        init(fd: FileDescriptor) { self.fd = fd }
-        deinit { try? fd.close() }
-    }
+    let backend: StoreBackend
 
     /// Why a record could not be returned.
     enum Failure: Error {
@@ -24,28 +15,10 @@ final class PackReader: @unchecked Sendable {
         case system(StoreError)
     }
 
-    init(directory: String) { self.directory = directory }
-
-    func handle(_ pack: UInt64) throws -> Handle {
-        if let h = handles.withLock({ $0[pack] }) { return h }
-        let path = directory + "/" + PackFormat.fileName(pack)
-        let fd: FileDescriptor
-        do { fd = try FileDescriptor.open(FilePath(path), .readOnly, options: [.closeOnExec]) }
-        catch let e as Errno {
-            if e == .noSuchFileOrDirectory { throw Failure.notThere }
-            throw Failure.system(StoreError.system(e, "open pack \(path)", path: path))
-        } catch { throw Failure.notThere }
-        let h = Handle(fd: fd)
-        return handles.withLock { open in
-            if let existing = open[pack] { return existing }
-            if open.count >= Self.maxOpen, let victim = open.keys.first { open[victim] = nil }
-            open[pack] = h
-            return h
-        }
-    }
+    init(backend: StoreBackend) { self.backend = backend }
 
     /// Forgets open handles (after packs were deleted or replaced).
-    func closeAll() { handles.withLock { $0.removeAll() } }
+    func closeAll() { backend.forgetOpenPacks() }
 
     /// Reads the record at `ref.location`, checks its crc32c and that it holds `ref.hash`,
     /// and decodes its payload into `output` (which must hold the raw length); returns the raw length.
@@ -71,12 +44,12 @@ final class PackReader: @unchecked Sendable {
 
     /// Reads the whole record `ref` names into a temporary buffer for `body`.
     private func withRecord<T>(_ ref: ChunkRef, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
-        let h = try handle(ref.location.pack)
         let length = ref.location.recordLength
         return try withUnsafeTemporaryAllocation(byteCount: length, alignment: 16) { (record) throws -> T in
-            let n: Int
-            do { n = try h.fd.readFully(into: record, at: Int64(ref.location.offset)) }
-            catch { throw Failure.system(StoreError.system(error, "read pack \(PackFormat.fileName(ref.location.pack))", path: directory)) }
+            let got: Int?
+            do { got = try backend.readPack(ref.location.pack, at: Int64(ref.location.offset), into: record) }
+            catch { throw Failure.system(StoreError.system(error, "read pack \(PackFormat.fileName(ref.location.pack))", path: backend.name)) }
+            guard let n = got else { throw Failure.notThere }
             return try body(UnsafeRawBufferPointer(rebasing: record[0..<n]))
         }
     }
@@ -111,9 +84,6 @@ final class PackReader: @unchecked Sendable {
 /// Scans a pack from its start, record by record, stopping at the first record that is
 /// torn or damaged (the tail a crash may leave). Used to rebuild the index and by verify.
 struct PackScanner {
-    let path: String
-    let pack: UInt64
-
     /// One record met by the scan.
     struct Record {
         var ref: ChunkRef
@@ -125,21 +95,20 @@ struct PackScanner {
         var checksumOK: Bool
     }
 
-    /// Calls `body` for each record; returns the offset where valid records end and the file length.
+    /// Calls `body` for each record of `pack`; returns the offset where valid records end and the pack's length.
     @discardableResult
-    static func scan(path: String, withPayloads: Bool,
+    static func scan(_ backend: StoreBackend, pack number: UInt64, withPayloads: Bool,
                      _ body: (Record) throws -> Void) throws -> (end: Int64, fileLength: Int64) {
-        let fd = try FileIO.open(path, .readOnly, context: "open pack")
-        defer { try? fd.close() }
-        let length: Int64
-        do { length = try fd.byteSize() } catch { throw StoreError.system(error, "stat", path: path) }
-        fd.adviseSequential()
+        let file = PackFormat.fileName(number)
+        guard let length = try backend.packSize(number) else { throw StoreError.corruptStore(detail: "pack \(file) is missing") }
+        func read(_ into: UnsafeMutableRawBufferPointer, at offset: Int64) throws -> Int {
+            guard let n = try backend.readPack(number, at: offset, into: into) else { throw StoreError.corruptStore(detail: "pack \(file) is missing") }
+            return n
+        }
         var headerBytes = [UInt8](repeating: 0, count: PackFormat.headerSize)
-        let got: Int
-        do { got = try headerBytes.withUnsafeMutableBytes { (b) throws -> Int in try fd.readFully(into: b, at: 0) } }
-        catch { throw StoreError.system(error, "read", path: path) }
-        guard got == PackFormat.headerSize else { throw StoreError.corruptStore(detail: "\(path) is not a pack") }
-        let pack = try PackFormat.decodeHeader(headerBytes, file: path)
+        let got = try headerBytes.withUnsafeMutableBytes { (b) throws -> Int in try read(b, at: 0) }
+        guard got == PackFormat.headerSize else { throw StoreError.corruptStore(detail: "\(file) is not a pack") }
+        let pack = try PackFormat.decodeHeader(headerBytes, file: file)
 
         // Read in large windows; a record never exceeds maxRecordLength.
         let window = 8 << 20
@@ -157,10 +126,8 @@ struct PackScanner {
             bufLen = max(keep, 0)
             let want = max(need, window) - bufLen
             if want > 0 {
-                do {
-                    bufLen += try fd.readFully(into: UnsafeMutableRawBufferPointer(rebasing: buf[bufLen..<(bufLen + min(want, buf.count - bufLen))]),
-                                               at: bufStart + Int64(bufLen))
-                } catch { throw StoreError.system(error, "read", path: path) }
+                bufLen += try read(UnsafeMutableRawBufferPointer(rebasing: buf[bufLen..<(bufLen + min(want, buf.count - bufLen))]),
+                                   at: bufStart + Int64(bufLen))
             }
             return bufLen >= need
         }

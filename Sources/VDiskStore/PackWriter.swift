@@ -1,31 +1,32 @@
 import Glibc
 import SystemPackage
 
-/// Appends records to pack files: buffered, sealed at a target size, never reopened
-/// for appending once closed (a torn tail after a crash is therefore never written over).
+/// Appends records to packs: buffered, sealed at a target size, never reopened for
+/// appending once closed (a torn tail after a crash is therefore never written over).
 ///
 /// Not thread-safe: one writer per store, serialised by the caller.
 final class PackWriter {
-    let directory: String
+    let backend: StoreBackend
     let storeID: [UInt8]
     let targetSize: Int
     private(set) var nextPack: UInt64
-    private var fd: FileDescriptor?
+    private var output: PackOutput?
     private var currentPack: UInt64 = 0
-    /// Bytes of the current pack already handed to the kernel.
+    /// Bytes of the current pack already handed to the backend.
     private var written: Int64 = 0
     private let buffer: UnsafeMutableRawBufferPointer
     private var buffered = 0
-    /// Packs written but not yet fsynced (the current one included).
-    private var unsynced: [UInt64: FileDescriptor] = [:]
-    private var newFiles = false
+    /// Packs written but not yet made durable (the current one included).
+    private var unsynced: [UInt64: PackOutput] = [:]
+    /// The current pack's records, for its summary (shared backends only).
+    private var summary: PackSummary?
     /// Every pack this writer created, oldest first.
     private(set) var createdPacks: [UInt64] = []
 
     static let bufferSize = 4 << 20
 
-    init(directory: String, storeID: [UInt8], firstPack: UInt64, targetSize: Int) {
-        self.directory = directory
+    init(backend: StoreBackend, storeID: [UInt8], firstPack: UInt64, targetSize: Int) {
+        self.backend = backend
         self.storeID = storeID
         self.nextPack = firstPack
         self.targetSize = targetSize
@@ -33,19 +34,19 @@ final class PackWriter {
     }
 
     deinit {
-        for (_, f) in unsynced { try? f.close() }
-        if let fd, unsynced[currentPack] == nil { try? fd.close() }
+        for (_, o) in unsynced { o.close() }
+        output?.close()
         buffer.deallocate()
     }
 
     /// The pack records are currently appended to, if one is open.
-    var openPack: UInt64? { fd == nil ? nil : currentPack }
+    var openPack: UInt64? { output == nil ? nil : currentPack }
 
     /// Appends a record whose payload is already encoded; returns where it lives.
     func append(kind: RecordKind, hash: ChunkHash, codec: Codec, rawLength: Int,
                 payload: UnsafeRawBufferPointer) throws -> ChunkLocation {
         let length = PackFormat.recordHeaderSize + payload.count
-        if fd == nil || (written + Int64(buffered) + Int64(length) > Int64(targetSize) && written + Int64(buffered) > Int64(PackFormat.headerSize)) {
+        if output == nil || (written + Int64(buffered) + Int64(length) > Int64(targetSize) && written + Int64(buffered) > Int64(PackFormat.headerSize)) {
             try startPack()
         }
         if buffered + length > buffer.count { try drain() }
@@ -58,8 +59,7 @@ final class PackWriter {
                                              hash: hash, payload: payload)
                 (r.baseAddress! + PackFormat.recordHeaderSize).copyMemory(from: payload.baseAddress!, byteCount: payload.count)
             }
-            do { try record.withUnsafeBytes { (r) throws in try fd!.writeFully(r, at: offset) } }
-            catch { throw StoreError.system(error, "write pack", path: directory) }
+            try record.withUnsafeBytes { (r) throws in try output!.write(r, at: offset) }
             written += Int64(length)
         } else {
             let p = buffer.baseAddress! + buffered
@@ -69,7 +69,9 @@ final class PackWriter {
             }
             buffered += length
         }
-        return ChunkLocation(pack: currentPack, offset: UInt32(offset), storedLength: UInt32(payload.count))
+        let location = ChunkLocation(pack: currentPack, offset: UInt32(offset), storedLength: UInt32(payload.count))
+        summary?.add(hash: hash, kind: kind, location: location)
+        return location
     }
 
     /// Compresses `raw` (LZ4, or raw when that is not smaller) and appends it.
@@ -82,73 +84,69 @@ final class PackWriter {
         }
     }
 
-    /// Hands buffered records to the kernel (readers can see them afterwards).
+    /// Hands buffered records to the backend (readers can see them afterwards).
     func drain() throws {
-        guard let fd, buffered > 0 else { return }
-        do { try fd.writeFully(UnsafeRawBufferPointer(rebasing: buffer[0..<buffered]), at: written) }
-        catch { throw StoreError.system(error, "write pack \(PackFormat.fileName(currentPack))", path: directory) }
+        guard let output, buffered > 0 else { return }
+        try output.write(UnsafeRawBufferPointer(rebasing: buffer[0..<buffered]), at: written)
         written += Int64(buffered)
         buffered = 0
     }
 
-    /// Makes every record appended so far durable: drain, fsync each touched pack,
-    /// fsync the packs directory when new files were created.
+    /// Makes every record appended so far durable: drain, then synchronize each touched pack
+    /// (a new pack's directory entry included).
     func synchronize() throws {
         try drain()
-        for (pack, f) in unsynced {
-            do { try f.synchronizeData() } catch { throw StoreError.system(error, "fsync pack \(PackFormat.fileName(pack))", path: directory) }
-            if pack != currentPack || fd == nil { try? f.close() }
+        for (pack, o) in unsynced {
+            try o.synchronize()
+            if pack != currentPack || output == nil { o.close() }
         }
         unsynced.removeAll()
-        if newFiles {
-            try FileIO.syncDirectory(containing: directory + "/x")
-            newFiles = false
-        }
     }
 
     /// Drops buffered records and lets go of every pack without writing more (rollback:
     /// the caller deletes or cuts what was written).
     func abandon() {
         buffered = 0
-        for (_, f) in unsynced { try? f.close() }
-        if let f = fd, unsynced[currentPack] == nil { try? f.close() }
+        for (_, o) in unsynced { o.close() }
+        output?.close()
         unsynced.removeAll()
-        fd = nil
+        output = nil
+        summary = nil
     }
 
-    /// Seals the current pack (it will not be appended to again).
+    /// Seals the current pack (it will not be appended to again). On a shared backend the
+    /// pack is made durable first, then its summary written, so a summary never lists a
+    /// record that is not there.
     func sealCurrent() throws {
-        guard let f = fd else { return }
+        guard let o = output else { return }
         try drain()
-        if unsynced[currentPack] == nil { try? f.close() }
-        fd = nil
+        if let s = summary {
+            try synchronize()
+            try backend.writePackSummary(currentPack, s.encode())
+            summary = nil
+        }
+        if unsynced[currentPack] == nil { o.close() }
+        output = nil
     }
 
     private func startPack() throws {
-        if let f = fd {
-            try drain()
-            // Keep the descriptor until the next synchronize() fsyncs it.
-            unsynced[currentPack] = f
-            fd = nil
+        if output != nil { try sealCurrent() }
+        var pack = nextPack
+        while true {
+            let header = PackFormat.encodeHeader(pack: pack, storeID: storeID, created: Self.nowNanoseconds())
+            if let o = try backend.createPack(pack, header: header) {
+                output = o
+                break
+            }
+            // Taken (another host of a shared store, or a leftover): the next number.
+            pack += 1
         }
-        let pack = nextPack
-        let path = directory + "/" + PackFormat.fileName(pack)
-        let f = try FileIO.open(path, .readWrite, options: [.create, .exclusiveCreate],
-                                permissions: [.ownerReadWrite, .groupRead, .otherRead], context: "create pack")
-        let header = PackFormat.encodeHeader(pack: pack, storeID: storeID, created: Self.nowNanoseconds())
-        do { try header.withUnsafeBytes { (h) throws in try f.writeFully(h, at: 0) } }
-        catch {
-            try? f.close()
-            unlink(path)
-            throw StoreError.system(error, "write pack header", path: path)
-        }
-        nextPack += 1
+        nextPack = pack + 1
         currentPack = pack
-        fd = f
         written = Int64(PackFormat.headerSize)
         buffered = 0
-        unsynced[pack] = f
-        newFiles = true
+        unsynced[pack] = output
+        if backend.isShared { summary = PackSummary() }
         createdPacks.append(pack)
     }
 

@@ -2,19 +2,12 @@ import Foundation
 import Glibc
 import SystemPackage
 
-/// A vdiskfs store: a directory of packs, an index and a root.
+/// A vdiskfs store: packs of records, an index, and a root, kept by a ``StoreBackend``
+/// (a local directory, or a RADOS pool shared by many hosts).
 ///
-/// Layout (see vdiskfs-format(5)):
-///
-///     STORE/vdiskfs.json   format version and store id (written once at init)
-///     STORE/lock           flock: exclusive for writers, shared for readers
-///     STORE/packs/         append-only pack files of records
-///     STORE/index/chunks   hash → location table (derived; rebuildable from packs)
-///     STORE/roots/current  the committed namespace's ref (replaced atomically)
-///
-/// Commit order: packs are written and fsynced, then the index, then the root file
-/// (temp + fsync + rename + directory fsync). A crash at any point leaves the previous
-/// root in place, and everything it references is durable.
+/// Commit order: packs are written and made durable, then the index, then the root is
+/// replaced atomically (compare-and-set on a shared backend). A crash at any point leaves
+/// the previous root in place, and everything it references is durable.
 ///
 /// Thread safety: reads (`readBlock`, `readNode`) are safe from any thread. The write
 /// side (`storeChunk`, `storeNode`, `commit`, `rollback`) must be serialised by the
@@ -23,12 +16,16 @@ public final class Store: @unchecked Sendable {
     /// How a store is opened.
     public enum Access: Sendable { case readOnly, readWrite }
 
-    public let path: String
+    public let backend: StoreBackend
+    /// The store's name in messages: its directory, or its `rados://` location.
+    public var path: String { backend.name }
+    /// This host's directory for derived state (index, a mount's journal and control socket).
+    public var localDirectory: String { backend.localDirectory }
     public let access: Access
     public let storeID: [UInt8]
     let packs: PackReader
     let index: ChunkIndex
-    private var lockFD: FileDescriptor?
+    private var storeLock: StoreLock?
     private var writer: PackWriter?
     private let writeLock = NSLock()
     /// Decoded tree nodes (16 MiB unless a Volume sizes it from its cache budget).
@@ -40,6 +37,8 @@ public final class Store: @unchecked Sendable {
     public private(set) var namespaceRef: ChunkRef
     /// The ref of the committed snapshot table (zero: no snapshots). Kept by every commit.
     public internal(set) var snapshotTableRef: ChunkRef = .zero
+    /// The backend's version of the root this process last read or wrote.
+    private var rootVersion: UInt64?
     /// Per pack: its length at the last commit (0 for packs created since).
     private var uncommitted: [UInt64: Int64] = [:]
 
@@ -48,46 +47,40 @@ public final class Store: @unchecked Sendable {
     /// Packs are sealed when they pass this size.
     public static let packTargetSize = 32 << 20
 
+    static func indexPath(_ backend: StoreBackend) -> String { backend.localDirectory + "/index/chunks" }
+
     // MARK: create and open
 
-    /// Creates an empty store at `path` (the directory may exist but must be empty).
-    public static func create(at path: String) throws {
-        if let kind = FileIO.kind(path) {
-            guard kind == S_IFDIR else { throw StoreError.nameExists(name: path) }
-            let existing = try FileIO.list(path)
-            if existing.contains(configName) { throw StoreError.nameExists(name: path) }
-            guard existing.isEmpty else {
-                throw StoreError.invalidArgument("\(path) is not empty; a store must be created in a new or empty directory")
-            }
-        } else {
-            try FileIO.makeDirectory(path)
-        }
-        for d in ["packs", "index", "roots"] { try FileIO.makeDirectory(path + "/" + d) }
-        try ChunkIndex.create(path: path + "/index/chunks")
+    /// Creates an empty store at `location` (a directory that is new or empty, or a
+    /// `rados://` location whose pool holds no store yet).
+    public static func create(at location: String, localDirectory: String? = nil) throws {
+        let backend = try StoreBackends.backend(for: location, localDirectory: localDirectory)
+        try backend.prepareCreate()
+        try FileIO.makeDirectory(backend.localDirectory + "/index")
+        try ChunkIndex.create(path: indexPath(backend))
         var id = [UInt8](repeating: 0, count: 16)
         for i in 0..<16 { id[i] = UInt8.random(in: 0...255) }
-        // The root first, then the config that makes the directory a store.
-        let store = Store(path: path, access: .readWrite, storeID: id, lockFD: try openLock(path, exclusive: true, purpose: "init"),
-                          index: try ChunkIndex.open(path: path + "/index/chunks").0, namespace: Namespace(), namespaceRef: .zero)
+        // The root first, then the config that makes the location a store.
+        let store = Store(backend: backend, access: .readWrite, storeID: id, lock: try backend.lock(.exclusive, purpose: "init"),
+                          index: try ChunkIndex.open(path: indexPath(backend)).0)
         try store.commit(Namespace())
         let config = "{\"format\": \"vdiskfs\", \"version\": \(formatVersion), \"id\": \"\(id.map { String(format: "%02x", $0) }.joined())\", \"pack_target_size\": \(packTargetSize)}\n"
-        try FileIO.writeAtomically(path + "/" + configName, Array(config.utf8))
-        try FileIO.syncDirectory(containing: path)
+        try backend.writeConfig(Array(config.utf8))
+        store.close()
     }
 
-    private init(path: String, access: Access, storeID: [UInt8], lockFD: FileDescriptor, index: ChunkIndex,
-                 namespace: Namespace, namespaceRef: ChunkRef) {
-        self.path = path
+    private init(backend: StoreBackend, access: Access, storeID: [UInt8], lock: StoreLock, index: ChunkIndex) {
+        self.backend = backend
         self.access = access
         self.storeID = storeID
-        self.lockFD = lockFD
+        self.storeLock = lock
         self.index = index
-        self.packs = PackReader(directory: path + "/packs")
-        self.namespace = namespace
-        self.namespaceRef = namespaceRef
+        self.packs = PackReader(backend: backend)
+        self.namespace = Namespace()
+        self.namespaceRef = .zero
     }
 
-    deinit { try? lockFD?.close() }
+    deinit { storeLock?.release() }
 
     /// Lets go of the store's lock. Commits are explicit, so nothing is written here;
     /// the store must not be used afterwards.
@@ -95,33 +88,48 @@ public final class Store: @unchecked Sendable {
         writeLock.lock(); defer { writeLock.unlock() }
         try? writer?.sealCurrent()
         writer = nil
-        try? lockFD?.close()
-        lockFD = nil
+        storeLock?.release()
+        storeLock = nil
     }
 
-    /// Opens an existing store. `purpose` is recorded in the lock file so that a second
-    /// writer is told who holds it.
-    public static func open(at path: String, access: Access, purpose: String = "vdiskfs") throws -> Store {
-        guard let kind = FileIO.kind(path) else { throw StoreError.storeMissing(path: path) }
-        guard kind == S_IFDIR, FileIO.kind(path + "/" + configName) != nil else { throw StoreError.notAStore(path: path) }
-        let storeID = try readConfig(path)
-        let lock = try openLock(path, exclusive: access == .readWrite, purpose: purpose)
+    /// Opens an existing store: a directory, or a location of a registered backend
+    /// (`rados://…`). `purpose` is recorded with the lock so that a second writer is told
+    /// who holds it. `localDirectory` overrides where a shared store's host state lives.
+    public static func open(at location: String, access: Access, purpose: String = "vdiskfs",
+                            localDirectory: String? = nil) throws -> Store {
+        try open(backend: try StoreBackends.backend(for: location, localDirectory: localDirectory),
+                 access: access, lockMode: access == .readWrite ? .write : .read, purpose: purpose)
+    }
+
+    /// Opens the store kept by `backend`, taking its lock in `lockMode`.
+    public static func open(backend: StoreBackend, access: Access, lockMode: StoreLockMode, purpose: String) throws -> Store {
+        let storeID = try parseConfig(try backend.readConfig())
+        let lock = try backend.lock(lockMode, purpose: purpose)
+        let indexPath = indexPath(backend)
         let (index, torn): (ChunkIndex, Bool)
-        do { (index, torn) = try ChunkIndex.open(path: path + "/index/chunks") } catch {
-            if access == .readOnly { try? lock.close(); throw error }
-            // A missing or unreadable index is rebuilt from the packs.
-            try ChunkIndex.reset(path: path + "/index/chunks")
-            (index, torn) = (try ChunkIndex.open(path: path + "/index/chunks").0, false)
+        do { (index, torn) = try ChunkIndex.open(path: indexPath) } catch {
+            if access == .readOnly && !backend.isShared { lock.release(); throw error }
+            if access == .readOnly {
+                // A reader on a host that never wrote this shared store: reads follow tree
+                // locations; an empty private index stands in for the host's.
+                let dir = try FileIO.makeTemporaryDirectory(prefix: "vdiskfs-index")
+                try ChunkIndex.create(path: dir + "/chunks")
+                (index, torn) = (try ChunkIndex.open(path: dir + "/chunks").0, false)
+            } else {
+                // A missing or unreadable index is rebuilt from the packs (a shared store's
+                // host state starts empty on a new host).
+                try FileIO.makeDirectory(backend.localDirectory + "/index")
+                try ChunkIndex.reset(path: indexPath)
+                (index, torn) = (try ChunkIndex.open(path: indexPath).0, false)
+            }
         }
-        let store = Store(path: path, access: access, storeID: storeID, lockFD: lock, index: index,
-                          namespace: Namespace(), namespaceRef: .zero)
+        let store = Store(backend: backend, access: access, storeID: storeID, lock: lock, index: index)
         if access == .readWrite { try store.catchUpIndex(rebuild: torn) }
         try store.loadRoot()
         return store
     }
 
-    private static func readConfig(_ path: String) throws -> [UInt8] {
-        let bytes = try FileIO.readAll(path + "/" + configName)
+    private static func parseConfig(_ bytes: [UInt8]) throws -> [UInt8] {
         guard let obj = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any],
               obj["format"] as? String == "vdiskfs" else {
             throw StoreError.corruptStore(detail: "\(configName) is not a vdiskfs configuration")
@@ -141,93 +149,87 @@ public final class Store: @unchecked Sendable {
         return id
     }
 
-    private static func openLock(_ path: String, exclusive: Bool, purpose: String) throws -> FileDescriptor {
-        let lockPath = path + "/lock"
-        let fd = try FileIO.open(lockPath, exclusive ? .readWrite : .readOnly, options: exclusive ? [.create] : [],
-                                 permissions: [.ownerReadWrite, .groupRead, .otherRead], context: "open lock")
-        let got: Bool
-        do { got = try fd.tryLock(exclusive: exclusive) } catch { try? fd.close(); throw StoreError.system(error, "lock", path: lockPath) }
-        guard got else {
-            let holder = (try? FileIO.readAll(lockPath)).map { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) } ?? ""
-            try? fd.close()
-            throw StoreError.storeLocked(path: path, holder: holder.isEmpty ? "another process" : holder)
-        }
-        if exclusive {
-            let note = "pid \(getpid()) (vdiskfs \(purpose)) since \(ISO8601DateFormatter().string(from: Date()))\n"
-            try? fd.truncate(to: 0)
-            _ = try? Array(note.utf8).withUnsafeBytes { (b) throws in try fd.writeFully(b, at: 0) }
-        }
-        return fd
-    }
-
-    /// The roots file: `"VDISKRT1" | version u32 | generation u64 | time i64 | namespace ChunkRef |
+    /// The root: `"VDISKRT1" | version u32 | generation u64 | time i64 | namespace ChunkRef |
     /// snapshot table ChunkRef (zero: none) | crc32c`. Both refs change in one atomic replace.
     static let rootMagic: [UInt8] = Array("VDISKRT1".utf8)
+    static let rootSize = 8 + 4 + 8 + 8 + 48 + 48 + 4
 
-    private func loadRoot() throws {
-        let bytes: [UInt8]
-        do { bytes = try FileIO.readAll(path + "/roots/current") } catch {
-            throw StoreError.corruptStore(detail: "the root file roots/current is missing")
+    /// The committed root as the backend has it now: namespace ref, snapshot table ref, version.
+    func readRootObject() throws -> (namespace: ChunkRef, snapshots: ChunkRef, version: UInt64) {
+        guard let (bytes, version) = try backend.readRoot() else {
+            throw StoreError.corruptStore(detail: "the root (roots/current) is missing")
         }
-        guard bytes.count == 8 + 4 + 8 + 8 + 48 + 48 + 4, Array(bytes[0..<8]) == Self.rootMagic else {
-            throw StoreError.corruptStore(detail: "the root file roots/current is damaged")
+        guard bytes.count == Self.rootSize, Array(bytes[0..<8]) == Self.rootMagic else {
+            throw StoreError.corruptStore(detail: "the root (roots/current) is damaged")
         }
         let crc = bytes.withUnsafeBytes { crc32c(UnsafeRawBufferPointer(rebasing: $0[0..<(bytes.count - 4)])) }
-        var r = ByteReader(bytes, what: "root file")
+        var r = ByteReader(bytes, what: "root")
         r.offset = bytes.count - 4
-        guard try r.u32() == crc else { throw StoreError.corruptStore(detail: "the root file roots/current fails its checksum") }
+        guard try r.u32() == crc else { throw StoreError.corruptStore(detail: "the root (roots/current) fails its checksum") }
         let ref = bytes.withUnsafeBytes { ChunkRef(loading: $0.baseAddress! + 28) }
-        snapshotTableRef = bytes.withUnsafeBytes { ChunkRef(loading: $0.baseAddress! + 76) }
-        let nsBytes = try readRecord(ref, kind: .namespace)
-        namespace = try Namespace.decode(nsBytes)
-        namespaceRef = ref
+        let table = bytes.withUnsafeBytes { ChunkRef(loading: $0.baseAddress! + 76) }
+        return (ref, table, version)
+    }
+
+    private func loadRoot() throws {
+        let root = try readRootObject()
+        namespace = try Namespace.decode(try readRecord(root.namespace, kind: .namespace))
+        namespaceRef = root.namespace
+        snapshotTableRef = root.snapshots
+        rootVersion = root.version
+    }
+
+    /// Takes into the index the chunks of `pack`: from its summary when the backend keeps
+    /// one, else by scanning it (directory stores). A shared store's pack without a summary
+    /// is another host's open pack: skipped (its chunks are stored again rather than shared).
+    private func indexPack(_ pack: UInt64) throws -> Int64 {
+        if let bytes = try backend.readPackSummary(pack) {
+            let summary = try PackSummary.decode(bytes, pack: pack)
+            for e in summary.entries where index.lookup(e.hash) == nil { index.insert(e.hash, e.location) }
+            return Int64(bytes.count)
+        }
+        if backend.isShared { return 0 }
+        let (end, _) = try PackScanner.scan(backend, pack: pack, withPayloads: true) { (rec) throws in
+            if rec.checksumOK && index.lookup(rec.ref.hash) == nil { index.insert(rec.ref.hash, rec.ref.location) }
+        }
+        return end
     }
 
     /// Brings the index up to date with the packs: rebuild it from scratch when it was torn,
-    /// else scan in the packs written after the last index flush.
+    /// else take in the packs written after the last index flush.
     private func catchUpIndex(rebuild: Bool) throws {
         if rebuild {
-            try ChunkIndex.reset(path: path + "/index/chunks")
+            try ChunkIndex.reset(path: Self.indexPath(backend))
             try rebuildIndex(progress: nil)
             return
         }
         let numbers = try packNumbers()
-        let after = numbers.filter { $0 > index.indexedThrough }
-        for pack in after {
-            try PackScanner.scan(path: packPath(pack), withPayloads: true) { (rec) throws in
-                if rec.checksumOK && index.lookup(rec.ref.hash) == nil { index.insert(rec.ref.hash, rec.ref.location) }
-            }
+        for pack in numbers where pack > index.indexedThrough {
+            _ = try indexPack(pack)
             if index.pendingCount > ChunkIndex.pendingLimit { try index.flush() }
         }
-        if let last = numbers.last { try index.flush(indexedThrough: last) }
+        if let last = numbers.last, last > index.indexedThrough || index.pendingCount > 0 { try index.flush(indexedThrough: last) }
     }
 
     /// Rebuilds the index from the packs alone (`vdiskfs verify --rebuild-index`).
     public func rebuildIndex(progress: ((Int64, Int64) -> Void)?) throws {
-        precondition(access == .readWrite)
         let numbers = try packNumbers()
         var total: Int64 = 0
-        for p in numbers { total += Int64(FileIO.size(packPath(p))) }
+        for p in numbers { total += try backend.packSize(p) ?? 0 }
         var done: Int64 = 0
         try index.remove { _ in true }
         for pack in numbers {
-            let (end, _) = try PackScanner.scan(path: packPath(pack), withPayloads: true) { (rec) throws in
-                if rec.checksumOK { index.insert(rec.ref.hash, rec.ref.location) }
-            }
+            _ = try indexPack(pack)
             if index.pendingCount > ChunkIndex.pendingLimit { try index.flush() }
-            done += end
+            done += try backend.packSize(pack) ?? 0
             progress?(done, total)
         }
         try index.flush(indexedThrough: numbers.last ?? 0)
         packs.closeAll()
     }
 
-    func packPath(_ pack: UInt64) -> String { path + "/packs/" + PackFormat.fileName(pack) }
-
     /// Numbers of every pack in the store, ascending.
-    func packNumbers() throws -> [UInt64] {
-        try FileIO.list(path + "/packs").compactMap(PackFormat.packNumber(fileName:)).sorted()
-    }
+    func packNumbers() throws -> [UInt64] { try backend.packNumbers() }
 
     // MARK: reading
 
@@ -337,7 +339,7 @@ public final class Store: @unchecked Sendable {
         guard access == .readWrite else { throw StoreError.readOnly(name: path) }
         if let writer { return writer }
         let next = (try packNumbers().last ?? 0) + 1
-        let w = PackWriter(directory: path + "/packs", storeID: storeID, firstPack: next, targetSize: Self.packTargetSize)
+        let w = PackWriter(backend: backend, storeID: storeID, firstPack: next, targetSize: Self.packTargetSize)
         writer = w
         return w
     }
@@ -409,9 +411,38 @@ public final class Store: @unchecked Sendable {
         try index.flush()
     }
 
-    /// Makes `namespace` the store's committed state: packs fsynced, index flushed, namespace
-    /// record written and fsynced, root file replaced atomically.
+    /// Makes `namespace` the store's committed state: packs made durable, index flushed,
+    /// namespace record written, root replaced atomically. On a shared store another host
+    /// may have committed since this one last read the root: its root is then taken, this
+    /// commit's changes (the names and snapshots it added, changed or removed) re-applied on
+    /// it, and the replace tried again.
     public func commit(_ newNamespace: Namespace, snapshots newSnapshots: [Snapshot]? = nil) throws {
+        let base = namespace
+        let baseSnapshots = newSnapshots == nil ? nil : try snapshots()
+        var ours = newNamespace
+        var ourSnapshots = newSnapshots
+        while try !commitOnce(ours, snapshots: ourSnapshots) {
+            guard backend.isShared else {
+                throw StoreError.corruptStore(detail: "the root changed under this process although it holds the store lock")
+            }
+            let theirs = try readRootObject()
+            let theirNamespace = try Namespace.decode(try readRecord(theirs.namespace, kind: .namespace))
+            ours = Namespace.merging(base: base, ours: ours, theirs: theirNamespace)
+            if let mine = ourSnapshots, let baseList = baseSnapshots {
+                let theirList = theirs.snapshots.isZero ? [] : try Snapshot.decodeTable(try readRecord(theirs.snapshots, kind: .snapshotTable))
+                ourSnapshots = Snapshot.merging(base: baseList, ours: mine, theirs: theirList)
+            }
+            writeLock.lock()
+            namespace = theirNamespace
+            namespaceRef = theirs.namespace
+            snapshotTableRef = theirs.snapshots
+            rootVersion = theirs.version
+            writeLock.unlock()
+        }
+    }
+
+    /// One try at replacing the root; false when another host replaced it first.
+    private func commitOnce(_ newNamespace: Namespace, snapshots newSnapshots: [Snapshot]?) throws -> Bool {
         var ns = newNamespace
         ns.generation = namespace.generation + 1
         let bytes = ns.encode()
@@ -427,7 +458,7 @@ public final class Store: @unchecked Sendable {
         try w.synchronize()
         let through = (w.openPack ?? w.nextPack) - 1
         try index.flush(indexedThrough: through)
-        var root = ByteWriter(capacity: 80)
+        var root = ByteWriter(capacity: Self.rootSize)
         root.raw(Self.rootMagic)
         root.u32(1)
         root.u64(ns.generation)
@@ -439,16 +470,44 @@ public final class Store: @unchecked Sendable {
         root.raw(refBytes)
         let crc = root.bytes.withUnsafeBytes { crc32c($0) }
         root.u32(crc)
-        try FileIO.writeAtomically(path + "/roots/current", root.bytes)
+        guard let version = try backend.replaceRoot(root.bytes, ifVersion: rootVersion) else { return false }
+        rootVersion = version
         namespace = ns
         namespaceRef = ref
         snapshotTableRef = tableRef
         uncommitted.removeAll()
+        return true
+    }
+
+    /// Whether another host has committed since this process last read or wrote the root
+    /// (always false on a directory store). Cheap: one small read.
+    public func rootChanged() throws -> Bool {
+        guard backend.isShared else { return false }
+        let now = try readRootObject()
+        return writeLock.withLock { now.version != rootVersion }
+    }
+
+    /// Takes the root other hosts committed as this process's committed state (nothing of
+    /// this process may be uncommitted). Returns false when it had not changed.
+    @discardableResult
+    public func reloadRoot() throws -> Bool {
+        guard backend.isShared else { return false }
+        let now = try readRootObject()
+        guard writeLock.withLock({ now.version != rootVersion }) else { return false }
+        let ns = try Namespace.decode(try readRecord(now.namespace, kind: .namespace))
+        writeLock.withLock {
+            namespace = ns
+            namespaceRef = now.namespace
+            snapshotTableRef = now.snapshots
+            rootVersion = now.version
+        }
+        return true
     }
 
     /// Undoes every write since the last commit: index entries pointing at uncommitted
     /// records are removed (index before data), then those records are cut off or their
-    /// packs deleted. The store is left exactly as the last commit had it.
+    /// packs deleted. The store is left exactly as the last commit had it. On a shared
+    /// store the records stay (garbage for gc): another host may already know them.
     public func rollback() throws {
         writeLock.lock(); defer { writeLock.unlock() }
         guard !uncommitted.isEmpty else { return }
@@ -459,22 +518,20 @@ public final class Store: @unchecked Sendable {
             guard let keep = cut[loc.pack] else { return false }
             return Int64(loc.offset) >= keep
         }
-        for (pack, keep) in cut {
-            let p = packPath(pack)
-            if keep == 0 { unlink(p) } else { Glibc.truncate(p, off_t(keep)) }
+        if !backend.isShared {
+            for (pack, keep) in cut { try backend.truncatePack(pack, to: keep) }
         }
-        try FileIO.syncDirectory(containing: packPath(0))
         packs.closeAll()
         nodeCache.removeAll()
         uncommitted.removeAll()
     }
 
-    /// Bytes of every file of the store (packs, index, metadata).
+    /// Bytes of the store (packs, index, metadata).
     public func diskBytes() throws -> (packs: Int64, index: Int64, other: Int64) {
         var p: Int64 = 0
-        for n in try packNumbers() { p += Int64(FileIO.size(packPath(n))) }
-        let i = Int64(FileIO.size(path + "/index/chunks"))
-        let o = Int64(FileIO.size(path + "/roots/current") + FileIO.size(path + "/" + Self.configName) + FileIO.size(path + "/lock"))
+        for n in try packNumbers() { p += try backend.packSize(n) ?? 0 }
+        let i = Int64(FileIO.size(Self.indexPath(backend)))
+        let o = Int64(Self.rootSize + 256)
         return (p, i, o)
     }
 }

@@ -74,7 +74,7 @@ extension Store {
         }
         for pack in try packNumbers() {
             s.packs += 1
-            try PackScanner.scan(path: packPath(pack), withPayloads: false) { rec in
+            try PackScanner.scan(backend, pack: pack, withPayloads: false) { rec in
                 switch rec.kind {
                 case .data:
                     s.uniqueChunks += 1

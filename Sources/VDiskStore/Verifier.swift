@@ -30,7 +30,7 @@ public enum Verifier {
         var report = VerifyReport()
         let numbers = try store.packNumbers()
         var total: Int64 = 0
-        for p in numbers { total += Int64(FileIO.size(store.packPath(p))) }
+        for p in numbers { total += try store.backend.packSize(p) ?? 0 }
         var done: Int64 = 0
         var damaged = Set<ChunkLocation>()
         var scratch = [UInt8](repeating: 0, count: PackFormat.maxRecordLength)
@@ -38,7 +38,7 @@ public enum Verifier {
             let file = PackFormat.fileName(pack)
             let scanned: (end: Int64, fileLength: Int64)
             do {
-                scanned = try PackScanner.scan(path: store.packPath(pack), withPayloads: true) { rec in
+                scanned = try PackScanner.scan(store.backend, pack: pack, withPayloads: true) { rec in
                     report.records += 1
                     let what = "pack \(file) offset \(rec.ref.location.offset) \(rec.kind) \(rec.ref.hash.short)"
                     guard rec.checksumOK else {
@@ -117,9 +117,8 @@ extension Store {
     /// Whether the record `ref` names is where it says (or where the index says), by its header.
     func recordIsPresent(_ ref: ChunkRef, kind: RecordKind) -> Bool {
         func at(_ loc: ChunkLocation) -> Bool {
-            guard let h = try? packs.handle(loc.pack) else { return false }
             var header = [UInt8](repeating: 0, count: PackFormat.recordHeaderSize)
-            guard let n = try? header.withUnsafeMutableBytes({ try h.fd.readFully(into: $0, at: Int64(loc.offset)) }),
+            guard let n = try? header.withUnsafeMutableBytes({ try backend.readPack(loc.pack, at: Int64(loc.offset), into: $0) }),
                   n == header.count, let parsed = header.withUnsafeBytes({ PackFormat.loadRecordHeader($0.baseAddress!) })
             else { return false }
             return parsed.hash == ref.hash && parsed.kind == kind && parsed.storedLength == Int(loc.storedLength)

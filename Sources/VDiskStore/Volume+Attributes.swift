@@ -33,11 +33,9 @@ extension Volume {
 
     /// statfs figures.
     public func space() throws -> VolumeSpace {
-        var s = statvfs()
-        guard statvfs(store.path, &s) == 0 else { throw StoreError.io(errno: errno, context: "statfs") }
+        let s = try store.backend.space()
         let files = stateLock.withLock { UInt64(byPath.count) }
-        return VolumeSpace(totalBytes: UInt64(s.f_blocks) * UInt64(s.f_frsize), freeBytes: UInt64(s.f_bfree) * UInt64(s.f_frsize),
-                           availableBytes: UInt64(s.f_bavail) * UInt64(s.f_frsize), files: files)
+        return VolumeSpace(totalBytes: s.totalBytes, freeBytes: s.freeBytes, availableBytes: s.availableBytes, files: files)
     }
 
     /// The kernel no longer knows `node`: an unlinked node's data can go.

@@ -130,7 +130,7 @@ public final class Volume: @unchecked Sendable {
         // A mount runs many FUSE threads; one malloc arena per thread would hold freed memory
         // apart and let RSS climb past the configured caches.
         vdisk_limit_malloc_arenas(2)
-        journal = try WriteJournal(directory: options.journalDirectory ?? store.path + "/journal")
+        journal = try WriteJournal(directory: options.journalDirectory ?? store.localDirectory + "/journal")
         rootAttributes = (PackWriter.nowNanoseconds(), getuid(), getgid())
         for (path, entry) in store.namespace.entries.sorted(by: { $0.key < $1.key }) {
             let n = Node(id: nextNode, path: path, entry: entry)

@@ -98,7 +98,7 @@ final class StoreTests: XCTestCase {
         _ = try Importer.importImage(into: s, from: dir + "/a.img", as: "a.img")
         let pack = try s.packNumbers().last!
         // Flip a byte in the middle of the pack (inside some record's payload).
-        let path = s.packPath(pack)
+        let path = (s.backend as! DirectoryBackend).packPath(pack)
         var bytes = readFile(path)
         bytes[bytes.count / 2] ^= 0x40
         writeFile(path, bytes)

@@ -1,0 +1,118 @@
+/// Where a store's objects live: a local directory (``DirectoryBackend``) or a Ceph RADOS
+/// pool (module VDiskRados). The store above sees only these objects:
+///
+/// - **config**: written once by `init` (format version, store id);
+/// - **packs**: append-only byte objects named by number, read at any offset;
+/// - **pack summaries** (shared backends): a pack's record list, written when it is sealed,
+///   so that another host's index can take the pack in without reading it whole;
+/// - **root**: one small object replaced atomically, by compare-and-set on a shared backend;
+/// - **locks**: who may write.
+///
+/// Implementations are thread-safe. Nothing above this protocol knows a backend's types.
+public protocol StoreBackend: AnyObject, Sendable {
+    /// How the store is named in messages and in /proc/mounts (`/srv/vms`, `rados://pool/ns`).
+    var name: String { get }
+    /// True when several hosts may write the store at once: pack numbers are then claimed by
+    /// exclusive create, roots are committed by compare-and-set, and records of an
+    /// uncommitted write are left in place rather than cut (another host may have indexed them).
+    var isShared: Bool { get }
+    /// This host's directory for what it derives from the store: the chunk index, the
+    /// journal and control socket of a mount. For a directory store, the store itself.
+    var localDirectory: String { get }
+
+    /// The config object's bytes. Throws `storeMissing` or `notAStore` when there is none.
+    func readConfig() throws -> [UInt8]
+    /// Checks that a store can be created here (nothing there yet) and makes room for it.
+    func prepareCreate() throws
+    /// Writes the config object last at `init`: from then on the location is a store.
+    func writeConfig(_ bytes: [UInt8]) throws
+
+    /// Numbers of every pack, ascending.
+    func packNumbers() throws -> [UInt64]
+    /// A pack's length in bytes, nil when there is no such pack.
+    func packSize(_ pack: UInt64) throws -> Int64?
+    /// Creates pack `pack` holding `header`; nil when the number is taken (a shared store's
+    /// other host got there first: try the next).
+    func createPack(_ pack: UInt64, header: [UInt8]) throws -> PackOutput?
+    /// Reads up to `buffer.count` bytes of `pack` from `offset`; nil when there is no such pack.
+    func readPack(_ pack: UInt64, at offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int?
+    /// Deletes packs (garbage collection, after the index and root moved away from them).
+    func removePacks(_ packs: [UInt64]) throws
+    /// Cuts a pack back to `length` bytes (0: deletes it). Directory stores only: rollback.
+    func truncatePack(_ pack: UInt64, to length: Int64) throws
+
+    /// Stores a sealed pack's summary (its record list). No-op where scanning packs is cheap.
+    func writePackSummary(_ pack: UInt64, _ bytes: [UInt8]) throws
+    /// A pack's summary, nil when it has none (not sealed, or a directory store).
+    func readPackSummary(_ pack: UInt64) throws -> [UInt8]?
+    func removePackSummaries(_ packs: [UInt64]) throws
+
+    /// The root object and its version, nil when there is none.
+    func readRoot() throws -> (bytes: [UInt8], version: UInt64)?
+    /// Replaces the root if it is still at `version` (nil: there must be none yet); returns the
+    /// new version, or nil when another writer replaced it first.
+    func replaceRoot(_ bytes: [UInt8], ifVersion version: UInt64?) throws -> UInt64?
+
+    /// Takes this process's lock on the store; released when the returned lock is closed
+    /// or deallocated. Throws `storeLocked` naming the holder when it cannot be had.
+    func lock(_ mode: StoreLockMode, purpose: String) throws -> StoreLock
+
+    /// Bytes the store occupies and the space left where it lives, for statfs.
+    func space() throws -> (totalBytes: UInt64, freeBytes: UInt64, availableBytes: UInt64)
+
+    /// Forgets cached handles after packs were deleted or replaced.
+    func forgetOpenPacks()
+}
+
+/// The kinds of store lock.
+public enum StoreLockMode: Sendable {
+    /// Reading only; other readers and writers may be there.
+    case read
+    /// This process writes. On a directory store no one else may write; on a shared store
+    /// other hosts may (images are guarded by leases), but not a second process of this
+    /// host on the same local directory, and not a maintenance job.
+    case write
+    /// No other writer anywhere (garbage collection on a shared store, index rebuilds).
+    case exclusive
+}
+
+/// A held store lock.
+public protocol StoreLock: AnyObject, Sendable {
+    func release()
+}
+
+/// Appends to one pack being written.
+public protocol PackOutput: AnyObject {
+    /// Writes `bytes` at `offset` (always the pack's current end). May return before the
+    /// bytes are durable; ``synchronize()`` waits for them.
+    func write(_ bytes: UnsafeRawBufferPointer, at offset: Int64) throws
+    /// Every byte written so far is durable when this returns.
+    func synchronize() throws
+    /// Lets go of the pack (after a synchronize, or to abandon it).
+    func close()
+}
+
+/// Opens store locations that are not local directories (`rados://…`): modules providing a
+/// backend register their scheme here, and ``Store/open(at:access:purpose:)`` consults it.
+public enum StoreBackends {
+    /// Makes a backend for a location, given the local state directory chosen by the user (nil: default).
+    public typealias Opener = @Sendable (_ location: String, _ localDirectory: String?) throws -> StoreBackend
+    private static let openers = Locked<[String: Opener]>([:])
+
+    /// Registers `opener` for locations starting `scheme://`.
+    public static func register(scheme: String, _ opener: @escaping Opener) {
+        openers.withLock { $0[scheme] = opener }
+    }
+
+    /// The backend for `location`: a registered scheme, else a local directory.
+    public static func backend(for location: String, localDirectory: String? = nil) throws -> StoreBackend {
+        if let r = location.range(of: "://") {
+            let scheme = String(location[..<r.lowerBound])
+            guard let opener = openers.withLock({ $0[scheme] }) else {
+                throw StoreError.invalidArgument("unknown store location scheme '\(scheme)://' (stores are directories or rados://POOL[/NAMESPACE])")
+            }
+            return try opener(location, localDirectory)
+        }
+        return DirectoryBackend(path: location)
+    }
+}
