@@ -213,6 +213,10 @@ public final class DirectoryBackend: StoreBackend, @unchecked Sendable {
         func release() { fd.withLock { f in try? f?.close(); f = nil } }
     }
 
+    public func acquireLease(image name: String, purpose: String) throws -> ImageLease { SingleWriterLease() }
+    public func leases() throws -> [LeaseInfo] { [] }
+    public func breakLease(image name: String) throws -> Bool { false }
+
     public func space() throws -> (totalBytes: UInt64, freeBytes: UInt64, availableBytes: UInt64) {
         var s = statvfs()
         guard statvfs(path, &s) == 0 else { throw StoreError.io(errno: errno, context: "statfs \(path)") }

@@ -62,6 +62,38 @@ public protocol StoreBackend: AnyObject, Sendable {
 
     /// Forgets cached handles after packs were deleted or replaced.
     func forgetOpenPacks()
+
+    /// Takes the write lease of image `name` for this process: one writer per image across
+    /// every host of a shared store. Throws `leaseHeld` naming the holder. A directory
+    /// store's lock already makes its one writer the only one: its leases are free.
+    func acquireLease(image name: String, purpose: String) throws -> ImageLease
+    /// The leases held now (shared stores), by image name.
+    func leases() throws -> [LeaseInfo]
+    /// Breaks the lease of image `name` (a crashed host's, before it expires); false when none was held.
+    func breakLease(image name: String) throws -> Bool
+}
+
+/// A held image lease; renewed in the background until released.
+public protocol ImageLease: AnyObject, Sendable {
+    /// False once the lease was lost (not renewed in time, or broken by an operator):
+    /// the holder must not commit that image any more.
+    var isHeld: Bool { get }
+    func release()
+}
+
+/// Who holds an image's lease.
+public struct LeaseInfo: Sendable, Codable, Equatable {
+    public var image: String
+    /// The holder as it described itself: host, process, purpose, since when.
+    public var holder: String
+    public init(image: String, holder: String) { self.image = image; self.holder = holder }
+}
+
+/// The lease of a store with a single writer: always held, nothing to renew.
+public final class SingleWriterLease: ImageLease, @unchecked Sendable {
+    public init() {}
+    public var isHeld: Bool { true }
+    public func release() {}
 }
 
 /// The kinds of store lock.

@@ -33,6 +33,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
     case outputUnwritable(path: String, reason: String)
     /// The image is busy (open for writing on a mount).
     case busy(name: String)
+    /// Another host (or process) holds the image's write lease on a shared store.
+    case leaseHeld(image: String, holder: String)
     /// Any other operating-system failure, with what was being done.
     case io(errno: Int32, context: String)
 
@@ -53,6 +55,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .readOnly(let n): return "\(n) is read-only"
         case .outputUnwritable(let p, let r): return "cannot write \(p): \(r)"
         case .busy(let n): return "\(n) is busy"
+        case .leaseHeld(let i, let h): return "image \(i) is being written by \(h)"
         case .io(let e, let c): return "\(c): \(Errno(rawValue: e))"
         }
     }
@@ -73,7 +76,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .invalidName, .invalidArgument, .nameTooLong: return 19
         case .readOnly: return 20
         case .outputUnwritable: return 21
-        case .busy: return 22
+        case .busy, .leaseHeld: return 22
         }
     }
 
@@ -86,7 +89,7 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
         case .readOnly: return Errno.readOnlyFileSystem.rawValue
         case .invalidName, .invalidArgument: return Errno.invalidArgument.rawValue
         case .nameTooLong: return Errno.fileNameTooLong.rawValue
-        case .busy, .storeLocked: return Errno.resourceBusy.rawValue
+        case .busy, .storeLocked, .leaseHeld: return Errno.resourceBusy.rawValue
         case .io(let e, _): return e
         case .notAStore, .corruptStore, .damagedChunk, .inputUnreadable, .outputUnwritable:
             return Errno.ioError.rawValue

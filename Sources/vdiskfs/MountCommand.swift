@@ -43,7 +43,7 @@ struct MountCommand: ParsableCommand {
     @Option(name: .customLong("ready-fd"), help: .hidden) var readyFD: Int32?
 
     func run() throws {
-        let storePath = try resolveStore()
+        let (storePath, localDirectory) = try resolveStore()
         let target = try resolveMountpoint()
         var volumeOptions = VolumeOptions()
         if let cacheSize { volumeOptions.cacheBytes = Int(try size(cacheSize, "--cache-size")) }
@@ -61,7 +61,7 @@ struct MountCommand: ParsableCommand {
         }
         volumeOptions.retention = RetentionPolicy(last: keepLast, hourly: keepHourly, daily: keepDaily, weekly: keepWeekly)
         let readAheadBytes = try size(readahead, "--readahead")
-        let logPath = absolute(log ?? storePath + "/mount.log")
+        let logPath = absolute(log ?? localDirectory + "/mount.log")
 
         if !foreground {
             // The daemon: this program again, in the foreground, reporting through a pipe.
@@ -112,12 +112,18 @@ struct MountCommand: ParsableCommand {
         if status != 0 { throw ExitCode(status) }
     }
 
-    /// The store as an absolute path; it must exist and hold a store.
-    private func resolveStore() throws -> String {
+    /// The store as an absolute path (or its rados:// location) and this host's directory
+    /// for it; it must exist and hold a store.
+    private func resolveStore() throws -> (location: String, localDirectory: String) {
         let path = try store.path
+        if path.contains("://") {
+            let backend = try StoreBackends.backend(for: path)
+            _ = try backend.readConfig()
+            return (path, backend.localDirectory)
+        }
         guard let real = realPath(path) else { throw StoreError.storeMissing(path: path) }
         guard FileManager.default.fileExists(atPath: real + "/" + Store.configName) else { throw StoreError.notAStore(path: path) }
-        return real
+        return (real, real)
     }
 
     /// The mountpoint resolved before anything else (the daemon runs elsewhere); it must be a directory.

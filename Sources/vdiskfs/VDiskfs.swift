@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VDiskRados
 import VDiskStore
 
 /// The `vdiskfs` command. Errors from the store are printed as one line and mapped to the
@@ -14,7 +15,8 @@ struct VDiskfs: ParsableCommand {
         discussion: """
             A store keeps disk images as fixed-size blocks, each stored once by its SHA-256, \
             LZ4-compressed in pack files. Every command takes the store with -s/--store or \
-            from the VDISKFS_STORE environment variable.
+            from the VDISKFS_STORE environment variable: a directory, or a Ceph RADOS pool \
+            shared by many hosts, rados://POOL[/NAMESPACE][?conf=CEPH.CONF&id=USER&lease=SECONDS].
 
             Exit codes: 0 ok, 1 I/O error, 10 store missing, 11 not a store, 12 store damaged, \
             13 store locked, 14 name exists, 15 no such image, 16 input unreadable, 17 disk full, \
@@ -25,9 +27,10 @@ struct VDiskfs: ParsableCommand {
         subcommands: [InitCommand.self, ImportCommand.self, ExportCommand.self, ListCommand.self, CloneCommand.self,
                       RemoveCommand.self, StatsCommand.self, VerifyCommand.self, MountCommand.self, SnapshotCommand.self, SnapshotsCommand.self,
                       LogCommand.self, RollbackCommand.self, GCCommand.self, TrimCommand.self, UnmountCommand.self,
-                      AnalyzeCommand.self])
+                      LeaseCommand.self, AnalyzeCommand.self])
 
     static func main() {
+        RadosBackend.register()
         do {
             var command = try parseAsRoot()
             // One-shot verbs report a failure once, as their exit message; a mount keeps a log.
@@ -44,13 +47,20 @@ struct VDiskfs: ParsableCommand {
     }
 }
 
-/// `-s/--store`, or the VDISKFS_STORE environment variable.
+/// `-s/--store`, or the VDISKFS_STORE environment variable; `--state-dir` for shared stores.
 struct StoreOptions: ParsableArguments {
-    @Option(name: [.short, .customLong("store")], help: ArgumentHelp("The store directory (default: $VDISKFS_STORE).", valueName: "STORE"))
+    @Option(name: [.short, .customLong("store")], help: ArgumentHelp("The store: a directory or rados://POOL[/NAMESPACE] (default: $VDISKFS_STORE).", valueName: "STORE"))
     var store: String?
+    @Option(name: .customLong("state-dir"), help: ArgumentHelp("Where this host keeps its index (and a mount its journal) of rados:// stores (default: $VDISKFS_STATE_DIR, else /var/lib/vdiskfs).", valueName: "DIR"))
+    var stateDirectory: String?
 
     var path: String {
         get throws {
+            if let stateDirectory {
+                // Through the environment, so that a mount's daemon inherits it.
+                let absolute = stateDirectory.hasPrefix("/") ? stateDirectory : FileManager.default.currentDirectoryPath + "/" + stateDirectory
+                setenv("VDISKFS_STATE_DIR", absolute, 1)
+            }
             if let store, !store.isEmpty { return store }
             if let env = ProcessInfo.processInfo.environment["VDISKFS_STORE"], !env.isEmpty { return env }
             throw ValidationError("no store given: use -s STORE or set VDISKFS_STORE")
