@@ -223,8 +223,10 @@ public final class RadosBackend: StoreBackend, @unchecked Sendable {
             held = try pool.lockShared("lock", name: Self.storeLockName, cookie: cookie, tag: "writers",
                                        description: cookie, duration: location.leaseSeconds)
         } else {
-            held = try pool.lockExclusive("lock", name: Self.storeLockName, cookie: cookie,
-                                          description: cookie, duration: location.leaseSeconds)
+            func take() throws -> Bool {
+                try pool.lockExclusive("lock", name: Self.storeLockName, cookie: cookie, description: cookie, duration: location.leaseSeconds)
+            }
+            held = try take() || (breakDeadLocalHolds("lock", lock: Self.storeLockName) && take())
         }
         guard held else {
             local.release()
@@ -252,11 +254,32 @@ public final class RadosBackend: StoreBackend, @unchecked Sendable {
         }
     }
 
+    /// Breaks the holds of `lock` on `object` whose holder was a process of this host that is
+    /// gone (a kill -9'd mount): its lease would otherwise block this host until it expires.
+    /// Returns whether any was broken.
+    func breakDeadLocalHolds(_ object: String, lock: String) -> Bool {
+        var host = [CChar](repeating: 0, count: 256)
+        gethostname(&host, host.count - 1)
+        let prefix = "host \(String(cString: host)) pid "
+        var broke = false
+        for h in (try? pool.lockers(object, name: lock).holders) ?? [] where h.cookie.hasPrefix(prefix) {
+            let pid = Int32(h.cookie.dropFirst(prefix.count).prefix { $0.isNumber }) ?? 0
+            guard pid > 0, pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            if (try? pool.breakLock(object, name: lock, client: h.client, cookie: h.cookie)) == true {
+                log("vdiskfs: broke the lock on \(object) of a dead process of this host (\(Self.describeHolder(h.cookie)))")
+                broke = true
+            }
+        }
+        return broke
+    }
+
     public func acquireLease(image: String, purpose: String) throws -> ImageLease {
         let cookie = holderName(purpose)
         let object = Self.leaseObject(image)
-        guard try pool.lockExclusive(object, name: Self.leaseLockName, cookie: cookie, description: cookie,
-                                     duration: location.leaseSeconds) else {
+        func take() throws -> Bool {
+            try pool.lockExclusive(object, name: Self.leaseLockName, cookie: cookie, description: cookie, duration: location.leaseSeconds)
+        }
+        guard try take() || (breakDeadLocalHolds(object, lock: Self.leaseLockName) && take()) else {
             let holders = (try? pool.lockers(object, name: Self.leaseLockName).holders) ?? []
             throw StoreError.leaseHeld(image: image, holder: holders.first.map { Self.describeHolder($0.cookie) } ?? "another host")
         }

@@ -153,6 +153,13 @@ extension Volume {
             do { try flush() } catch {
                 // Logged by flushFrozen; try again at the next tick.
             }
+            if isShared {
+                // Take other hosts' commits; give back the leases of idle images.
+                flushLock.lock()
+                do { try refreshLocked() } catch { log("vdiskfs: cannot read the store's root: \(error)") }
+                releaseIdleLeasesLocked()
+                flushLock.unlock()
+            }
         }
     }
 
@@ -161,6 +168,7 @@ extension Volume {
         flusherWake.lock(); stopping = true; flusherWake.signal(); flusherWake.unlock()
         while let t = flusher, !t.isFinished { usleep(1000) }
         try flush()
+        releaseAllLeases()
         stateLock.withLock { closed = true }
         spaceFreed.lock(); spaceFreed.broadcast(); spaceFreed.unlock()
         // Everything is committed: the current (empty) segment can go.

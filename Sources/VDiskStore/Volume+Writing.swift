@@ -103,6 +103,7 @@ extension Volume {
     func writableImage(_ id: NodeID) throws -> Node {
         let n = try image(id)
         if let snap = n.snapshot { throw StoreError.readOnly(name: Self.snapshotsName + "/" + snap) }
+        try ensureLease(n)
         return n
     }
 

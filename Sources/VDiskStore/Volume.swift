@@ -118,6 +118,12 @@ public final class Volume: @unchecked Sendable {
     var currentDirtyBlocks = 0
     /// The last flush failure, reported to writers while the journal is full.
     var lastFlushError: StoreError?
+    /// Shared stores: the leases this volume holds, by image path, and the write handles
+    /// open per node (see Volume+Sharing.swift).
+    var leases: [String: ImageLease] = [:]
+    var writeHandles: [NodeID: Int] = [:]
+    /// Drops the kernel's cache of a node whose content another host changed (set by the driver).
+    public var invalidateNode: @Sendable (NodeID) -> Void = { _ in }
 
     /// Opens the volume over a store opened read-write, replaying a journal left by a crash.
     public init(store: Store, options: VolumeOptions = VolumeOptions()) throws {
@@ -170,6 +176,8 @@ public final class Volume: @unchecked Sendable {
         if !old.isEmpty {
             log("vdiskfs: replaying the journal: \(replayed) block writes from \(old.count) segment(s)\(skipped > 0 ? ", \(skipped) for removed images skipped" : "")")
             flushLock.lock(); defer { flushLock.unlock() }
+            // A shared store: the replayed images are this host's to commit again.
+            for n in nodes.values where n.frozenPending { if let p = n.path { try requireLeaseLocked(p) } }
             try flushFrozen()
         }
         let t = Thread { [weak self] in self?.flusherLoop() }
@@ -306,10 +314,12 @@ public final class Volume: @unchecked Sendable {
             return e
         }
         try change(&entries)
+        try checkLeasesLocked()
         do { try store.commit(Namespace(entries: entries)) } catch {
             try? store.rollback()
             throw error
         }
+        reconcileWithStore()
     }
 
     func now() -> Int64 { PackWriter.nowNanoseconds() }
@@ -332,6 +342,7 @@ public final class Volume: @unchecked Sendable {
     func createNode(parent: NodeID, name: String, directory: Bool, mode: UInt32, uid: UInt32, gid: UInt32) throws -> NodeAttributes {
         flushLock.lock(); defer { flushLock.unlock() }
         let path = try childPath(parent, name)
+        if !directory { try requireLeaseLocked(path) }
         guard stateLock.withLock({ byPath[path] }) == nil else { throw StoreError.nameExists(name: path) }
         let t = now()
         let entry = Namespace.Entry(kind: directory ? .directory : .image, mode: mode, uid: uid, gid: gid, mtime: t, ctime: t,
@@ -394,6 +405,7 @@ public final class Volume: @unchecked Sendable {
             throw StoreError.io(errno: ENOENT, context: "unlink \(path)")
         }
         guard !n.isDirectory else { throw StoreError.io(errno: EISDIR, context: "unlink \(path)") }
+        try requireLeaseLocked(path)
         // No journal record may name a path that is gone (a new image could take the name).
         if stateLock.withLock({ n.hasDirtyBlocks }) { try flushLocked() }
         try commitNamespace { $0[path] = nil }
@@ -435,6 +447,12 @@ public final class Volume: @unchecked Sendable {
         }
         var plan = moves(from, to)
         if exchange { plan += moves(to, from) }
+        // Every image that moves, and one replaced, changes: this host must hold them.
+        for (a, b) in plan where stateLock.withLock({ byPath[a].flatMap { nodes[$0] }?.isDirectory == false }) {
+            try requireLeaseLocked(a)
+            try requireLeaseLocked(b)
+        }
+        if let dst, !dst.isDirectory { try requireLeaseLocked(to) }
         let removed: [String] = (!exchange && dst != nil) ? [to] : []
         try commitNamespace { e in
             var moved: [String: Namespace.Entry] = [:]
@@ -461,6 +479,7 @@ public final class Volume: @unchecked Sendable {
         flushLock.lock(); defer { flushLock.unlock() }
         let n = try node(id)
         if let snap = n.snapshot { throw StoreError.readOnly(name: Self.snapshotsName + "/" + snap) }
+        if !n.isDirectory, let path = stateLock.withLock({ n.path }) { try requireLeaseLocked(path) }
         n.writeLock.lock(); defer { n.writeLock.unlock() }
         var newRoot: ImageRoot?
         var delta: Int64 = 0

@@ -119,6 +119,7 @@ struct MountCommand: ParsableCommand {
         if path.contains("://") {
             let backend = try StoreBackends.backend(for: path)
             _ = try backend.readConfig()
+            try? FileManager.default.createDirectory(atPath: backend.localDirectory, withIntermediateDirectories: true)
             return (path, backend.localDirectory)
         }
         guard let real = realPath(path) else { throw StoreError.storeMissing(path: path) }
