@@ -317,6 +317,33 @@ public final class RadosBackend: StoreBackend, @unchecked Sendable {
         return broke
     }
 
+    // MARK: journals and collected packs
+
+    public func noteJournal(_ id: String, pending: Bool) throws {
+        let object = "journals/" + id
+        if pending { try pool.writeFull(object, Array(holderName("mount").utf8)) } else { try pool.remove(object) }
+    }
+
+    public func pendingJournals() throws -> [String] {
+        try pool.objects(withPrefix: "journals/").map { String($0.dropFirst("journals/".count)) }.sorted()
+    }
+
+    /// `collected`: 8-byte little-endian pack numbers, appended by gc (which holds the
+    /// exclusive store lock, so there is one writer).
+    public func recordCollectedPacks(_ packs: [UInt64]) throws {
+        guard !packs.isEmpty else { return }
+        var bytes = try pool.readAll("collected")?.bytes ?? []
+        for p in packs { withUnsafeBytes(of: p.littleEndian) { bytes.append(contentsOf: $0) } }
+        try pool.writeFull("collected", bytes)
+    }
+
+    public func collectedPacks() throws -> [UInt64] {
+        guard let bytes = try pool.readAll("collected")?.bytes else { return [] }
+        return stride(from: 0, to: bytes.count - bytes.count % 8, by: 8).map { i in
+            bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: i, as: UInt64.self)) }
+        }
+    }
+
     // MARK: space
 
     public func space() throws -> (totalBytes: UInt64, freeBytes: UInt64, availableBytes: UInt64) {

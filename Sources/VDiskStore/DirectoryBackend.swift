@@ -213,6 +213,12 @@ public final class DirectoryBackend: StoreBackend, @unchecked Sendable {
         func release() { fd.withLock { f in try? f?.close(); f = nil } }
     }
 
+    // One host: its journal is STORE/journal (gc looks there) and its index is the store's.
+    public func noteJournal(_ id: String, pending: Bool) throws {}
+    public func pendingJournals() throws -> [String] { [] }
+    public func recordCollectedPacks(_ packs: [UInt64]) throws {}
+    public func collectedPacks() throws -> [UInt64] { [] }
+
     public func acquireLease(image name: String, purpose: String) throws -> ImageLease { SingleWriterLease() }
     public func leases() throws -> [LeaseInfo] { [] }
     public func breakLease(image name: String) throws -> Bool { false }

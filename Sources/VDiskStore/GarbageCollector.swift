@@ -43,6 +43,12 @@ public enum GarbageCollector {
         if !mounted, let segments = try? FileIO.list(journal), segments.contains(where: { $0.hasPrefix("journal-") && $0.hasSuffix(".log") }) {
             throw StoreError.busy(name: "\(store.path) has a mount's journal to replay: mount and unmount it first")
         }
+        if store.backend.isShared {
+            let journals = try store.backend.pendingJournals()
+            if !journals.isEmpty {
+                throw StoreError.busy(name: "\(store.path) has journals of mounts to replay (\(journals.joined(separator: ", "))): mount and unmount there first")
+            }
+        }
         // Nothing may be appended to a pack the plan could delete: new records (gc's copies
         // included) go to a fresh pack from here on.
         if store.access == .readWrite { try store.withWriter { w in try w.sealCurrent() } }
@@ -63,7 +69,9 @@ public enum GarbageCollector {
             if liveBytes == 0 {
                 plan.packsToDelete.append(name)
                 plan.bytesToFree += length
-            } else if Double(liveBytes) < threshold * Double(length - Int64(PackFormat.headerSize)) {
+            } else if !store.backend.isShared && Double(liveBytes) < threshold * Double(length - Int64(PackFormat.headerSize)) {
+                // (A shared store's packs are only deleted whole: live chunks never move, so
+                // every host's trees keep naming where they are.)
                 plan.packsToRewrite.append(name)
                 plan.bytesToFree += length - liveBytes
                 plan.liveBytesToMove += liveBytes
@@ -141,6 +149,7 @@ public enum GarbageCollector {
         // 3. A fresh root: namespace and snapshot table rewritten where they now live.
         try store.commit(store.namespace, snapshots: try store.snapshots())
         // 4. Only now the old packs go.
+        try store.backend.recordCollectedPacks(Array(going).sorted())
         try store.backend.removePacks(Array(going).sorted())
         try store.backend.removePackSummaries(Array(going).sorted())
         store.packs.closeAll()

@@ -203,12 +203,26 @@ public final class Store: @unchecked Sendable {
             try rebuildIndex(progress: nil)
             return
         }
+        if backend.isShared { try forgetCollectedPacks() }
         let numbers = try packNumbers()
         for pack in numbers where pack > index.indexedThrough {
             _ = try indexPack(pack)
             if index.pendingCount > ChunkIndex.pendingLimit { try index.flush() }
         }
         if let last = numbers.last, last > index.indexedThrough || index.pendingCount > 0 { try index.flush(indexedThrough: last) }
+    }
+
+    /// Shared stores: drops the index entries of packs another host's gc deleted since this
+    /// host last looked (else a write here could dedup against a chunk that is gone).
+    private func forgetCollectedPacks() throws {
+        let collected = try backend.collectedPacks()
+        let marker = backend.localDirectory + "/index/collected"
+        let applied = (try? FileIO.readAll(marker)).flatMap { Int(String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 0
+        guard collected.count > applied else { return }
+        let gone = Set(collected[min(applied, collected.count)...])
+        try index.remove { gone.contains($0.pack) }
+        try index.flush()
+        try FileIO.writeAtomically(marker, Array("\(collected.count)\n".utf8))
     }
 
     /// Rebuilds the index from the packs alone (`vdiskfs verify --rebuild-index`).

@@ -63,6 +63,17 @@ public protocol StoreBackend: AnyObject, Sendable {
     /// Forgets cached handles after packs were deleted or replaced.
     func forgetOpenPacks()
 
+    /// Shared stores: notes that the journal `id` (a host's mount) holds acknowledged writes
+    /// not yet in the store (`pending`), or no longer does. Garbage collection waits for them.
+    func noteJournal(_ id: String, pending: Bool) throws
+    /// The journals of other hosts that hold writes not yet in the store.
+    func pendingJournals() throws -> [String]
+    /// Shared stores: appends packs garbage collection deleted to the store's record of them,
+    /// so that every host's index drops its entries for them.
+    func recordCollectedPacks(_ packs: [UInt64]) throws
+    /// Every pack garbage collection deleted, in order.
+    func collectedPacks() throws -> [UInt64]
+
     /// Takes the write lease of image `name` for this process: one writer per image across
     /// every host of a shared store. Throws `leaseHeld` naming the holder. A directory
     /// store's lock already makes its one writer the only one: its leases are free.

@@ -10,6 +10,9 @@ extension Volume {
     /// copy_file_range) and the trees of unlinked images still open stay live. Writes go on
     /// into the journal meanwhile.
     public func collectGarbage(threshold: Double, dryRun: Bool) throws -> CollectionPlan {
+        if isShared {
+            throw StoreError.busy(name: "\(store.path) is shared: gc runs with the store unmounted on every host, not through a mount")
+        }
         flushLock.lock(); defer { flushLock.unlock() }
         try flushLocked()
         var alsoLive = Set<ChunkHash>()
@@ -174,6 +177,7 @@ extension Volume {
         // Everything is committed: the current (empty) segment can go.
         if stateLock.withLock({ !nodes.values.contains { $0.hasDirtyBlocks } && frozenSegments.isEmpty }) {
             journal.delete(segment)
+            if isShared { try? store.backend.noteJournal(journalID, pending: false) }
         }
         store.close()
     }

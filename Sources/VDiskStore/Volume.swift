@@ -171,6 +171,8 @@ public final class Volume: @unchecked Sendable {
                 n.frozenPending = true
             }
         }
+        // A shared store's gc must wait for this journal while it may hold acknowledged writes.
+        if store.backend.isShared { try store.backend.noteJournal(journalID, pending: true) }
         segment = try journal.createSegment((old.last ?? 0) + 1)
         snapshotList = try store.snapshots()
         if !old.isEmpty {
@@ -184,6 +186,13 @@ public final class Volume: @unchecked Sendable {
         t.name = "vdiskfs-flusher"
         flusher = t
         t.start()
+    }
+
+    /// This mount's journal as other hosts see it: host and journal directory.
+    var journalID: String {
+        var host = [CChar](repeating: 0, count: 256)
+        gethostname(&host, host.count - 1)
+        return String(cString: host) + ":" + journal.directory
     }
 
     // MARK: nodes and attributes

@@ -11,7 +11,9 @@ struct GCCommand: ParsableCommand {
             prints the plan (bytes to free, packs to delete and rewrite) and changes nothing. \
             On a mounted store the running mount collects (writes go on meanwhile; chunks its \
             journal still names stay). A journal left by a crashed mount must be replayed first \
-            (mount and unmount once; exit 22 otherwise).
+            (mount and unmount once; exit 22 otherwise). On a shared (rados://) store gc needs \
+            every host's mount gone (exit 13 names the writers), deletes only packs with nothing \
+            live (live chunks never move there), and waits for crashed mounts' journals (exit 22).
             """)
 
     @OptionGroup var store: StoreOptions
@@ -24,7 +26,12 @@ struct GCCommand: ParsableCommand {
         guard threshold >= 0 && threshold <= 1 else { throw StoreError.invalidArgument("--threshold must be between 0 and 1") }
         let path = try store.path
         let s: Store
-        do { s = try Store.open(at: path, access: dryRun ? .readOnly : .readWrite, purpose: "gc") } catch StoreError.storeLocked(let p, let holder) {
+        do {
+            // A shared store: no writer on any host while gc runs (its exclusive lock).
+            let backend = try StoreBackends.backend(for: path)
+            s = try Store.open(backend: backend, access: dryRun ? .readOnly : .readWrite,
+                               lockMode: dryRun ? .read : (backend.isShared ? .exclusive : .write), purpose: "gc")
+        } catch StoreError.storeLocked(let p, let holder) where !path.contains("://") {
             // Mounted: the running mount collects, with its journal's needs marked live.
             guard let reply = try VolumeControl.send(store: path, ["op": "gc", "threshold": threshold, "dry_run": dryRun]) else {
                 throw StoreError.storeLocked(path: p, holder: holder)

@@ -38,7 +38,9 @@ struct VDiskfs: ParsableCommand {
             try command.run()
         } catch let error as StoreError {
             FileHandle.standardError.write(Data("vdiskfs: \(error.description)\n".utf8))
-            Foundation.exit(error.exitCode)
+            // _exit: librados' static destructors can abort while its threads wind down.
+            fflush(nil)
+            _exit(error.exitCode)
         } catch let error as ExitCode {
             Foundation.exit(error.rawValue)
         } catch {
