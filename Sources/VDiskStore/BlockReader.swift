@@ -80,6 +80,20 @@ extension Store {
             }
             return
         }
+        if let cache = packs.diskCache {
+            // The disk cache first: a run it holds whole costs no backend read at all.
+            var misses = 0
+            for i in run {
+                let hit = try cache.withRecord(for: refs[i], kind: .data) { record, header in
+                    guard header.rawLength == blockSize else {
+                        throw StoreError.damagedChunk(detail: "\(PackReader.describe(refs[i], .data)) has the wrong length")
+                    }
+                    try PackReader.decode(record, header, refs[i], .data, into: slot(i))
+                }
+                if hit == nil { misses += 1 }
+            }
+            if misses == 0 { return }
+        }
         let first = refs[run.lowerBound].location
         let last = refs[run.upperBound - 1].location
         let length = Int(last.offset) + last.recordLength - Int(first.offset)
@@ -104,6 +118,7 @@ extension Store {
                     throw PackReader.Failure.damaged("\(PackReader.describe(refs[i], .data)) has the wrong length")
                 }
                 try PackReader.decode(record, header, refs[i], .data, into: slot(i))
+                if let cache = packs.diskCache { _ = cache.insert(refs[i], kind: .data, record: record) }
             } catch PackReader.Failure.notThere {
                 // Not where the tree says: the single-record path follows the index.
                 guard try readBlock(refs[i], into: slot(i)) == blockSize else {

@@ -4,6 +4,9 @@ import SystemPackage
 /// Reads and checks records from packs. Thread-safe.
 final class PackReader: @unchecked Sendable {
     let backend: StoreBackend
+    /// The local disk cache tier, asked before the backend and given what the backend
+    /// returned (copy-on-read); set once, before reads start.
+    var diskCache: DiskCache?
 
     /// Why a record could not be returned.
     enum Failure: Error {
@@ -23,7 +26,7 @@ final class PackReader: @unchecked Sendable {
     /// Reads the record at `ref.location`, checks its crc32c and that it holds `ref.hash`,
     /// and decodes its payload into `output` (which must hold the raw length); returns the raw length.
     func read(_ ref: ChunkRef, kind: RecordKind, into output: UnsafeMutableRawBufferPointer) throws -> Int {
-        try withRecord(ref) { record in
+        try withRecord(ref, kind: kind) { record in
             let header = try Self.checked(record, ref, kind: kind)
             guard header.rawLength <= output.count else { throw Failure.damaged("\(Self.describe(ref, kind)) is longer than expected") }
             try Self.decode(record, header, ref, kind, into: UnsafeMutableRawBufferPointer(rebasing: output[0..<header.rawLength]))
@@ -34,7 +37,7 @@ final class PackReader: @unchecked Sendable {
     /// Reads a record whose raw length is not known in advance (tree nodes, namespaces):
     /// one read, since the location carries the record's length.
     func readBytes(_ ref: ChunkRef, kind: RecordKind) throws -> [UInt8] {
-        try withRecord(ref) { record in
+        try withRecord(ref, kind: kind) { record in
             let header = try Self.checked(record, ref, kind: kind)
             var out = [UInt8](repeating: 0, count: header.rawLength)
             try out.withUnsafeMutableBytes { try Self.decode(record, header, ref, kind, into: $0) }
@@ -43,14 +46,21 @@ final class PackReader: @unchecked Sendable {
     }
 
     /// Reads the whole record `ref` names into a temporary buffer for `body`.
-    private func withRecord<T>(_ ref: ChunkRef, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
+    private func withRecord<T>(_ ref: ChunkRef, kind: RecordKind, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
+        if let cache = diskCache, let hit = try cache.withRecord(for: ref, kind: kind, { record, _ in try body(record) }) {
+            return hit
+        }
         let length = ref.location.recordLength
         return try withUnsafeTemporaryAllocation(byteCount: length, alignment: 16) { (record) throws -> T in
             let got: Int?
             do { got = try backend.readPack(ref.location.pack, at: Int64(ref.location.offset), into: record) }
             catch { throw Failure.system(StoreError.system(error, "read pack \(PackFormat.fileName(ref.location.pack))", path: backend.name)) }
             guard let n = got else { throw Failure.notThere }
-            return try body(UnsafeRawBufferPointer(rebasing: record[0..<n]))
+            let bytes = UnsafeRawBufferPointer(rebasing: record[0..<n])
+            let result = try body(bytes)
+            // Only a record that checked out is cached.
+            if let cache = diskCache { _ = cache.insert(ref, kind: kind, record: bytes) }
+            return result
         }
     }
 

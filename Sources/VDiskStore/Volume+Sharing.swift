@@ -114,6 +114,21 @@ extension Volume {
             }
         }
         for id in changed { invalidateNode(id) }
+        // Snapshots other hosts took or deleted.
+        if let list = try? store.snapshots() {
+            stateLock.withLock {
+                guard list != snapshotList else { return }
+                let names = Set(list.map(\.name))
+                for gone in snapshotList where !names.contains(gone.name) {
+                    snapshotNamespaces[gone.name] = nil
+                    for key in snapshotNodes.keys where key.hasPrefix(gone.name + "\0") {
+                        if let id = snapshotNodes[key] { nodes[id] = nil }
+                        snapshotNodes[key] = nil
+                    }
+                }
+                snapshotList = list
+            }
+        }
     }
 
     /// Gives back the leases of images that are committed and have no write handles. Call

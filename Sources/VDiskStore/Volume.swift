@@ -137,6 +137,9 @@ public final class Volume: @unchecked Sendable {
         // apart and let RSS climb past the configured caches.
         vdisk_limit_malloc_arenas(2)
         journal = try WriteJournal(directory: options.journalDirectory ?? store.localDirectory + "/journal")
+        if let dir = options.diskCacheDirectory {
+            store.packs.diskCache = try DiskCache(directory: dir, capacityBytes: options.diskCacheBytes)
+        }
         rootAttributes = (PackWriter.nowNanoseconds(), getuid(), getgid())
         for (path, entry) in store.namespace.entries.sorted(by: { $0.key < $1.key }) {
             let n = Node(id: nextNode, path: path, entry: entry)

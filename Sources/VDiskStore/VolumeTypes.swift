@@ -76,5 +76,8 @@ public struct VolumeOptions: Sendable {
     public var snapshotInterval: Double?
     /// Which automatic snapshots to keep.
     public var retention = RetentionPolicy()
+    /// A local disk cache of records (worth it when the store is remote); nil: none.
+    public var diskCacheDirectory: String?
+    public var diskCacheBytes: Int64 = 4 << 30
     public init() {}
 }

@@ -23,9 +23,9 @@ struct MountCommand: ParsableCommand {
     var o: [String] = []
     @Option(name: .customLong("cache-size"), help: ArgumentHelp("Memory for decompressed blocks (default 256M).", valueName: "SIZE"))
     var cacheSize: String?
-    @Option(name: .customLong("disk-cache"), help: ArgumentHelp("Persistent chunk cache directory (reserved for remote stores; ignored).", valueName: "DIR"))
+    @Option(name: .customLong("disk-cache"), help: ArgumentHelp("A local directory caching what is read from the store (for rados:// stores; survives restarts, verified on every read).", valueName: "DIR"))
     var diskCache: String?
-    @Option(name: .customLong("disk-cache-size"), help: ArgumentHelp("Size of the persistent chunk cache (reserved for remote stores; ignored).", valueName: "SIZE"))
+    @Option(name: .customLong("disk-cache-size"), help: ArgumentHelp("Size of the disk cache (default 4G).", valueName: "SIZE"))
     var diskCacheSize: String?
     @Option(help: ArgumentHelp("Write-back journal directory (default STORE/journal); keep it on local disk.", valueName: "DIR"))
     var journal: String?
@@ -47,7 +47,11 @@ struct MountCommand: ParsableCommand {
         let target = try resolveMountpoint()
         var volumeOptions = VolumeOptions()
         if let cacheSize { volumeOptions.cacheBytes = Int(try size(cacheSize, "--cache-size")) }
-        if let diskCacheSize { _ = try size(diskCacheSize, "--disk-cache-size") }
+        if let diskCacheSize {
+            guard diskCache != nil else { throw StoreError.invalidArgument("--disk-cache-size needs --disk-cache DIR") }
+            volumeOptions.diskCacheBytes = try size(diskCacheSize, "--disk-cache-size")
+        }
+        if let diskCache { volumeOptions.diskCacheDirectory = absolute(diskCache) }
         if let journal { volumeOptions.journalDirectory = absolute(journal) }
         volumeOptions.showSnapshotDirectory = showSnapshots
         if let snapshotEvery {
@@ -90,9 +94,6 @@ struct MountCommand: ParsableCommand {
         if let readyFD {
             setsid()  // the daemon leaves the caller's session and terminal
             ready = ReadinessPipe(fd: readyFD)
-        }
-        if diskCache != nil || diskCacheSize != nil {
-            VDiskStore.log("vdiskfs: --disk-cache/--disk-cache-size are reserved for remote stores and ignored")
         }
         var server = FuseServer.Configuration(mountpoint: target, fsname: storePath)
         server.options = o
