@@ -35,6 +35,15 @@ public enum Importer {
             throw StoreError.invalidArgument("block size must be one of \(ImageRoot.allowedBlockSizes.map(String.init).joined(separator: ", "))")
         }
         let name = try Namespace.validate(rawName)
+        return try store.withLeases([name], purpose: "import") {
+            try importLeased(into: store, from: inputPath, as: name, blockSize: blockSize, mode: mode,
+                             fileSystemAware: fileSystemAware, progress: progress)
+        }
+    }
+
+    private static func importLeased(into store: Store, from inputPath: String, as name: String,
+                                     blockSize: UInt32, mode: UInt32, fileSystemAware: Bool,
+                                     progress: ((Int64, Int64) -> Void)?) throws -> ImportReport {
         var probe = store.namespace
         try probe.addImage(name, root: .empty(size: 0, blockSize: blockSize), now: 0)  // name clash → error, nothing written
 

@@ -131,6 +131,10 @@ extension Store {
     /// Restores `image`'s content from a snapshot (the live image must exist or is created).
     public func rollback(_ image: String, to snapshot: String) throws {
         let path = try Namespace.validate(image)
+        try withLeases([path], purpose: "rollback") { try rollbackLeased(path, to: snapshot) }
+    }
+
+    private func rollbackLeased(_ path: String, to snapshot: String) throws {
         guard let old = try namespace(ofSnapshot: snapshot).entries[path], old.kind == .image, let root = old.image else {
             throw StoreError.noSuchImage(name: "@\(snapshot)/\(path)")
         }

@@ -7,8 +7,12 @@ extension Store {
     /// either one afterwards never changes the other.
     /// `source` may name a snapshot's image as `@SNAPSHOT/path`.
     public func clone(_ rawSource: String, to rawTarget: String) throws {
-        let (_, e) = try resolveImage(rawSource)
         let target = try Namespace.validate(rawTarget)
+        try withLeases([target], purpose: "clone") { try cloneLeased(rawSource, to: target) }
+    }
+
+    private func cloneLeased(_ rawSource: String, to target: String) throws {
+        let (_, e) = try resolveImage(rawSource)
         guard let root = e.image else { throw StoreError.noSuchImage(name: rawSource) }
         var ns = namespace
         try ns.addImage(target, root: root, mode: e.mode, uid: e.uid, gid: e.gid, now: PackWriter.nowNanoseconds())
@@ -19,6 +23,10 @@ extension Store {
     /// stay in the packs until garbage collection.
     public func remove(_ rawName: String) throws {
         let name = try Namespace.validate(rawName)
+        try withLeases([name], purpose: "rm") { try removeLeased(name) }
+    }
+
+    private func removeLeased(_ name: String) throws {
         guard let e = namespace.entries[name] else { throw StoreError.noSuchImage(name: name) }
         if e.kind == .directory && !namespace.children(of: name).isEmpty {
             throw StoreError.invalidArgument("\(name) is a directory that is not empty")
@@ -26,5 +34,17 @@ extension Store {
         var ns = namespace
         ns.entries[name] = nil
         try commit(ns)
+    }
+
+    /// Runs `body` holding the write leases of `names` (a shared store: one writer per image
+    /// across hosts; exit 22 naming the holder otherwise), with the namespace brought up to
+    /// what other hosts committed. On a directory store the store lock suffices.
+    public func withLeases<T>(_ names: [String], purpose: String, _ body: () throws -> T) throws -> T {
+        guard backend.isShared else { return try body() }
+        var held: [ImageLease] = []
+        defer { for l in held { l.release() } }
+        for n in names { held.append(try backend.acquireLease(image: n, purpose: purpose)) }
+        try reloadRoot()
+        return try body()
     }
 }

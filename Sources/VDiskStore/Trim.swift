@@ -18,6 +18,10 @@ extension Store {
     /// old version used return with gc. Needs the store opened for writing (not mounted).
     public func trim(_ rawName: String) throws -> TrimReport {
         let name = try Namespace.validate(rawName)
+        return try withLeases([name], purpose: "trim") { try trimLeased(name) }
+    }
+
+    private func trimLeased(_ name: String) throws -> TrimReport {
         guard var entry = namespace.entries[name], entry.kind == .image, let image = entry.image else {
             throw StoreError.noSuchImage(name: name)
         }
