@@ -1,5 +1,6 @@
 import CFuseShim
 import Glibc
+import Synchronization
 import VDiskStore
 
 /// Serves FUSE low-level requests from a ``Volume``: one method per operation, called by the
@@ -18,6 +19,8 @@ final class FileSystemDriver: @unchecked Sendable {
     var onInit: ((UnsafeMutablePointer<fuse_conn_info>) -> Void)?
 
     let lookups = LookupCounts()
+    /// Open file handles with write access, per node (rollback and trim refuse such images).
+    let writers = Mutex<[NodeID: Int]>([:])
     private let readBuffers = ThreadBuffer()
 
     init(volume: Volume, timeout: Double = 1) {
@@ -148,10 +151,10 @@ final class FileSystemDriver: @unchecked Sendable {
         let who = caller(req)
         do {
             let a = try volume.createImage(parent: parent, name: name, mode: S_IFREG | (mode & 0o7777), uid: who.uid, gid: who.gid)
-            setUpHandle(fi)
+            setUpHandle(fi, a.node)
             var e = entryParam(a)
             lookups.add(a.node)
-            if fuse_reply_create(req, &e, fi) != 0 { forgetCounted(a.node, 1) }
+            if fuse_reply_create(req, &e, fi) != 0 { forgetCounted(a.node, 1); closeHandle(a.node, fi) }
         } catch { fail(req, error, "create") }
     }
 
@@ -187,11 +190,24 @@ final class FileSystemDriver: @unchecked Sendable {
     // MARK: files
 
     /// Open flags kept in `fh`; O_DIRECT opens bypass the page cache (QEMU cache=none).
-    private func setUpHandle(_ fi: UnsafeMutablePointer<fuse_file_info>) {
+    /// Handles with write access are counted until released.
+    private func setUpHandle(_ fi: UnsafeMutablePointer<fuse_file_info>, _ node: NodeID) {
         fi.pointee.fh = UInt64(UInt32(bitPattern: fi.pointee.flags))
         vdisk_fuse_file_info_set_keep_cache(fi, 0)
         vdisk_fuse_file_info_set_direct_io(fi, fi.pointee.flags & vdisk_o_direct != 0 ? 1 : 0)
+        if fi.pointee.flags & O_ACCMODE != O_RDONLY { writers.withLock { $0[node, default: 0] += 1 } }
     }
+
+    /// The kernel let go of a handle set up by `setUpHandle`.
+    private func closeHandle(_ node: NodeID, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+        guard let fi, Int32(truncatingIfNeeded: fi.pointee.fh) & O_ACCMODE != O_RDONLY else { return }
+        writers.withLock { w in
+            if let n = w[node], n > 1 { w[node] = n - 1 } else { w[node] = nil }
+        }
+    }
+
+    /// Whether an open handle of `node` has write access.
+    func isOpenForWriting(_ node: NodeID) -> Bool { writers.withLock { $0[node] != nil } }
 
     func open(_ req: fuse_req_t?, _ node: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         guard let fi else { fuse_reply_err(req, EINVAL); return }
@@ -199,8 +215,8 @@ final class FileSystemDriver: @unchecked Sendable {
             let a = try volume.attributes(node)
             if a.isDirectory { fuse_reply_err(req, EISDIR); return }
             if a.readOnly && fi.pointee.flags & O_ACCMODE != O_RDONLY { fuse_reply_err(req, EROFS); return }
-            setUpHandle(fi)
-            fuse_reply_open(req, fi)
+            setUpHandle(fi, node)
+            if fuse_reply_open(req, fi) != 0 { closeHandle(node, fi) }
         } catch { fail(req, error, "open") }
     }
 
@@ -233,7 +249,10 @@ final class FileSystemDriver: @unchecked Sendable {
 
     func flush(_ req: fuse_req_t?) { fuse_reply_err(req, 0) }
 
-    func release(_ req: fuse_req_t?) { fuse_reply_err(req, 0) }
+    func release(_ req: fuse_req_t?, _ node: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+        closeHandle(node, fi)
+        fuse_reply_err(req, 0)
+    }
 
     func fsync(_ req: fuse_req_t?, _ node: fuse_ino_t, _ dataOnly: Bool) {
         do {

@@ -130,6 +130,18 @@ public final class FuseServer: @unchecked Sendable {
         return vdisk_fuse_session_loop_mt(se, 1, configuration.maxIdleThreads, configuration.maxThreads)
     }
 
+    /// Hooks for the control socket's rollback and trim: which images are open for writing,
+    /// and dropping the kernel's cached pages and attributes of an image whose content changed
+    /// without a write through the mount. Valid until ``unmount()``.
+    public var hooks: MountHooks {
+        MountHooks(mountpoint: configuration.mountpoint, isOpenForWriting: { [driver] in driver.isOpenForWriting($0) },
+                   invalidate: { [self] node in
+                       guard let se = session else { return }
+                       let rc = fuse_lowlevel_notify_inval_inode(se, node, 0, 0)
+                       if rc != 0 && rc != -ENOENT { log("vdiskfs: could not drop the kernel's cache of node \(node): \(String(cString: strerror(-rc)))") }
+                   })
+    }
+
     /// Unmounts (if still mounted) and ends the session. Safe to call more than once.
     public func unmount() {
         guard let se = session else { return }

@@ -36,7 +36,7 @@ enum LowLevelOperations {
         ops.read = { req, node, size, offset, _ in driver(req).read(req, node, size, offset) }
         ops.write = { req, node, data, size, offset, fi in driver(req).write(req, node, data, size, offset, fi) }
         ops.flush = { req, _, _ in driver(req).flush(req) }
-        ops.release = { req, _, _ in driver(req).release(req) }
+        ops.release = { req, node, fi in driver(req).release(req, node, fi) }
         ops.fsync = { req, node, dataOnly, _ in driver(req).fsync(req, node, dataOnly != 0) }
         ops.fallocate = { req, node, mode, offset, length, fi in driver(req).fallocate(req, node, mode, offset, length, fi) }
         ops.lseek = { req, node, offset, whence, _ in driver(req).lseek(req, node, offset, whence) }

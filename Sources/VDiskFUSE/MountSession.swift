@@ -52,7 +52,7 @@ public struct MountSession {
             switch result {
             case .success:
                 log("\(Self.timestamp()) vdiskfs: mounted \(storePath) on \(mountpoint)")
-                control = VolumeControl.start(volume: volume)
+                control = VolumeControl.start(volume: volume, hooks: fuse.hooks)
                 if let every = volumeOptions.snapshotInterval {
                     schedule = SnapshotSchedule(volume: volume, interval: every, policy: volumeOptions.retention)
                     schedule?.start()

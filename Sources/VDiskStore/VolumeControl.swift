@@ -9,19 +9,29 @@ import Glibc
 ///     {"op": "delete-snapshot", "name": "L"}  → {"ok": true}
 ///     {"op": "flush"}                         → {"ok": true}
 ///     {"op": "gc", "threshold": 0.5, "dry_run": false} → {"ok": true, "plan": {...}}
-///     failures                                → {"ok": false, "error": "...", "code": 14}
+///     {"op": "rollback", "image": "a.img", "snapshot": "S"} → {"ok": true}
+///     {"op": "trim", "image": "a.img"}         → {"ok": true, "report": {...}}
+///     failures                                → {"ok": false, "error": "...", "code": 14, "case": "nameExists", "fields": [...]}
+///
+/// A failure carries the `StoreError` itself (its case and fields), so the command prints the
+/// same message and exits with the same code as it would on an unmounted store.
 public final class VolumeControl: @unchecked Sendable {
     public static func socketPath(store: String) -> String { store + "/control.sock" }
 
     private let volume: Volume
+    private let hooks: MountHooks
     private let path: String
     private var listener: Int32 = -1
     private var thread: Thread?
+    /// Held while a request is served: ``stop()`` waits for it, so that no request outlives
+    /// the mount it works on.
+    private let serving = NSLock()
 
     /// Starts serving `volume`'s control socket (replacing a stale one). Returns nil, after
-    /// logging, when the socket cannot be made (the mount works without it).
-    public static func start(volume: Volume) -> VolumeControl? {
-        let c = VolumeControl(volume: volume, path: socketPath(store: volume.store.path))
+    /// logging, when the socket cannot be made (the mount works without it). `hooks` tell
+    /// rollback and trim which images are open for writing and drop the kernel's cache.
+    public static func start(volume: Volume, hooks: MountHooks = .none) -> VolumeControl? {
+        let c = VolumeControl(volume: volume, hooks: hooks, path: socketPath(store: volume.store.path))
         do { try c.listen() } catch {
             log("vdiskfs: no control socket (\(error)); snapshot commands need the store unmounted")
             return nil
@@ -29,7 +39,7 @@ public final class VolumeControl: @unchecked Sendable {
         return c
     }
 
-    private init(volume: Volume, path: String) { self.volume = volume; self.path = path }
+    private init(volume: Volume, hooks: MountHooks, path: String) { self.volume = volume; self.hooks = hooks; self.path = path }
 
     private func listen() throws {
         unlink(path)
@@ -52,13 +62,14 @@ public final class VolumeControl: @unchecked Sendable {
         t.start()
     }
 
-    /// Stops serving and removes the socket.
+    /// Stops serving, waits for a request being served, and removes the socket.
     public func stop() {
         let fd = listener
         listener = -1
         shutdown(fd, Int32(SHUT_RDWR))
         close(fd)
         unlink(path)
+        serving.lock(); serving.unlock()
     }
 
     private func serve() {
@@ -71,7 +82,9 @@ public final class VolumeControl: @unchecked Sendable {
                 return
             }
             _ = fcntl(conn, F_SETFD, FD_CLOEXEC)
-            handle(conn)
+            serving.lock()
+            if listener >= 0 { handle(conn) }
+            serving.unlock()
             close(conn)
         }
     }
@@ -95,10 +108,18 @@ public final class VolumeControl: @unchecked Sendable {
                                                      dryRun: request["dry_run"] as? Bool ?? false)
                 let json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(plan))
                 reply["plan"] = json
+            case "rollback":
+                guard let image = request["image"] as? String, let snapshot = request["snapshot"] as? String else {
+                    throw StoreError.invalidArgument("rollback needs an image and a snapshot")
+                }
+                try volume.rollback(image, to: snapshot, hooks: hooks)
+            case "trim":
+                guard let image = request["image"] as? String else { throw StoreError.invalidArgument("trim needs an image") }
+                reply["report"] = try JSONSerialization.jsonObject(with: JSONEncoder().encode(volume.trim(image, hooks: hooks)))
             default: throw StoreError.invalidArgument("unknown control request \(op)")
             }
         } catch let e as StoreError {
-            reply = ["ok": false, "error": e.description, "code": Int(e.exitCode)]
+            reply = Self.encode(e)
         } catch {
             reply = ["ok": false, "error": "\(error)", "code": 1]
         }
@@ -123,16 +144,58 @@ public final class VolumeControl: @unchecked Sendable {
         guard let line = readLine(fd), let reply = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
             throw StoreError.io(errno: EIO, context: "the mount did not answer on \(path)")
         }
-        if reply["ok"] as? Bool != true {
-            let message = reply["error"] as? String ?? "the mount refused the request"
-            switch (reply["code"] as? Int) ?? 1 {
-            case 14: throw StoreError.nameExists(name: message)
-            case 15: throw StoreError.noSuchImage(name: message)
-            case 19: throw StoreError.invalidArgument(message)
-            default: throw StoreError.io(errno: EIO, context: message)
-            }
-        }
+        if reply["ok"] as? Bool != true { throw decode(reply) }
         return reply
+    }
+
+    /// A failure reply carrying `e`: its message and exit code, and its case and fields so
+    /// that the command can throw the same error (cases not listed go as message and code).
+    static func encode(_ e: StoreError) -> [String: Any] {
+        var reply: [String: Any] = ["ok": false, "error": e.description, "code": Int(e.exitCode)]
+        func carry(_ name: String, _ fields: Any...) { reply["case"] = name; reply["fields"] = fields }
+        if case .storeMissing(let p) = e { carry("storeMissing", p) }
+        if case .notAStore(let p) = e { carry("notAStore", p) }
+        if case .corruptStore(let d) = e { carry("corruptStore", d) }
+        if case .storeLocked(let p, let h) = e { carry("storeLocked", p, h) }
+        if case .nameExists(let n) = e { carry("nameExists", n) }
+        if case .noSuchImage(let n) = e { carry("noSuchImage", n) }
+        if case .inputUnreadable(let p, let r) = e { carry("inputUnreadable", p, r) }
+        if case .diskFull(let p) = e { carry("diskFull", p) }
+        if case .damagedChunk(let d) = e { carry("damagedChunk", d) }
+        if case .invalidName(let n, let r) = e { carry("invalidName", n, r) }
+        if case .nameTooLong(let n) = e { carry("nameTooLong", n) }
+        if case .invalidArgument(let a) = e { carry("invalidArgument", a) }
+        if case .readOnly(let n) = e { carry("readOnly", n) }
+        if case .outputUnwritable(let p, let r) = e { carry("outputUnwritable", p, r) }
+        if case .busy(let n) = e { carry("busy", n) }
+        if case .io(let errno, let c) = e { carry("io", Int(errno), c) }
+        return reply
+    }
+
+    /// The `StoreError` of a failure reply (an I/O error with its message when it names none).
+    static func decode(_ reply: [String: Any]) -> StoreError {
+        let message = reply["error"] as? String ?? "the mount refused the request"
+        let f = reply["fields"] as? [Any] ?? []
+        func s(_ i: Int) -> String? { i < f.count ? f[i] as? String : nil }
+        switch (reply["case"] as? String, s(0), s(1)) {
+        case ("storeMissing", let a?, _): return .storeMissing(path: a)
+        case ("notAStore", let a?, _): return .notAStore(path: a)
+        case ("corruptStore", let a?, _): return .corruptStore(detail: a)
+        case ("storeLocked", let a?, let b?): return .storeLocked(path: a, holder: b)
+        case ("nameExists", let a?, _): return .nameExists(name: a)
+        case ("noSuchImage", let a?, _): return .noSuchImage(name: a)
+        case ("inputUnreadable", let a?, let b?): return .inputUnreadable(path: a, reason: b)
+        case ("diskFull", let a?, _): return .diskFull(path: a)
+        case ("damagedChunk", let a?, _): return .damagedChunk(detail: a)
+        case ("invalidName", let a?, let b?): return .invalidName(name: a, reason: b)
+        case ("nameTooLong", let a?, _): return .nameTooLong(name: a)
+        case ("invalidArgument", let a?, _): return .invalidArgument(a)
+        case ("readOnly", let a?, _): return .readOnly(name: a)
+        case ("outputUnwritable", let a?, let b?): return .outputUnwritable(path: a, reason: b)
+        case ("busy", let a?, _): return .busy(name: a)
+        case ("io", _, let c?): return .io(errno: Int32(f.first as? Int ?? Int(EIO)), context: c)
+        default: return .io(errno: EIO, context: message)
+        }
     }
 
     private static func address(_ path: String) throws -> sockaddr_un {

@@ -76,14 +76,26 @@ struct LogCommand: ParsableCommand {
 struct RollbackCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rollback", abstract: "Restore an image's content from a snapshot.",
-        discussion: "The image takes the snapshot's version (instant: chunks are shared). The store must not be mounted (exit 13).")
+        discussion: """
+            The image takes the snapshot's version (instant: chunks are shared). On a mounted \
+            store the running mount does it, and readers of the mount see the restored content; \
+            it is refused (exit 22) while the image is open for writing there.
+            """)
 
     @OptionGroup var store: StoreOptions
     @Argument(help: "The image's name.") var name: String
     @Option(help: "The snapshot to restore from.") var to: String
 
     func run() throws {
-        let s = try Store.open(at: try store.path, access: .readWrite, purpose: "rollback")
+        let path = try store.path
+        let s: Store
+        do { s = try Store.open(at: path, access: .readWrite, purpose: "rollback") } catch StoreError.storeLocked(let p, let holder) {
+            // Mounted: the mount restores the image, unless it is open for writing there.
+            guard try VolumeControl.send(store: path, ["op": "rollback", "image": name, "snapshot": to]) != nil else {
+                throw StoreError.storeLocked(path: p, holder: holder)
+            }
+            return
+        }
         try s.rollback(name, to: to)
     }
 }
