@@ -151,7 +151,7 @@ final class FileSystemDriver: @unchecked Sendable {
         let who = caller(req)
         do {
             let a = try volume.createImage(parent: parent, name: name, mode: S_IFREG | (mode & 0o7777), uid: who.uid, gid: who.gid)
-            setUpHandle(fi, a.node)
+            try setUpHandle(fi, a.node)
             var e = entryParam(a)
             lookups.add(a.node)
             if fuse_reply_create(req, &e, fi) != 0 { forgetCounted(a.node, 1); closeHandle(a.node, fi) }
@@ -191,7 +191,9 @@ final class FileSystemDriver: @unchecked Sendable {
 
     /// Open flags kept in `fh`; O_DIRECT opens bypass the page cache (QEMU cache=none).
     /// Handles with write access are counted until released.
-    private func setUpHandle(_ fi: UnsafeMutablePointer<fuse_file_info>, _ node: NodeID) {
+    /// On a shared store a write handle needs the image's lease (EBUSY when another host writes it).
+    private func setUpHandle(_ fi: UnsafeMutablePointer<fuse_file_info>, _ node: NodeID) throws {
+        if fi.pointee.flags & O_ACCMODE != O_RDONLY { try volume.openedForWriting(node) }
         fi.pointee.fh = UInt64(UInt32(bitPattern: fi.pointee.flags))
         vdisk_fuse_file_info_set_keep_cache(fi, 0)
         vdisk_fuse_file_info_set_direct_io(fi, fi.pointee.flags & vdisk_o_direct != 0 ? 1 : 0)
@@ -201,6 +203,7 @@ final class FileSystemDriver: @unchecked Sendable {
     /// The kernel let go of a handle set up by `setUpHandle`.
     private func closeHandle(_ node: NodeID, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         guard let fi, Int32(truncatingIfNeeded: fi.pointee.fh) & O_ACCMODE != O_RDONLY else { return }
+        volume.closedForWriting(node)
         writers.withLock { w in
             if let n = w[node], n > 1 { w[node] = n - 1 } else { w[node] = nil }
         }
@@ -215,7 +218,7 @@ final class FileSystemDriver: @unchecked Sendable {
             let a = try volume.attributes(node)
             if a.isDirectory { fuse_reply_err(req, EISDIR); return }
             if a.readOnly && fi.pointee.flags & O_ACCMODE != O_RDONLY { fuse_reply_err(req, EROFS); return }
-            setUpHandle(fi, node)
+            try setUpHandle(fi, node)
             if fuse_reply_open(req, fi) != 0 { closeHandle(node, fi) }
         } catch { fail(req, error, "open") }
     }

@@ -53,6 +53,7 @@ public struct MountSession {
             case .success:
                 log("\(Self.timestamp()) vdiskfs: mounted \(storePath) on \(mountpoint)")
                 control = VolumeControl.start(volume: volume, hooks: fuse.hooks)
+                volume.setInvalidation(fuse.hooks.invalidate)
                 if let every = volumeOptions.snapshotInterval {
                     schedule = SnapshotSchedule(volume: volume, interval: every, policy: volumeOptions.retention)
                     schedule?.start()

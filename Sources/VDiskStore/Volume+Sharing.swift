@@ -113,7 +113,8 @@ extension Volume {
                 changed.append(id)
             }
         }
-        for id in changed { invalidateNode(id) }
+        let invalidate = stateLock.withLock { invalidateNode }
+        for id in changed { invalidate(id) }
         // Snapshots other hosts took or deleted.
         if let list = try? store.snapshots() {
             stateLock.withLock {

@@ -122,8 +122,14 @@ public final class Volume: @unchecked Sendable {
     /// open per node (see Volume+Sharing.swift).
     var leases: [String: ImageLease] = [:]
     var writeHandles: [NodeID: Int] = [:]
-    /// Drops the kernel's cache of a node whose content another host changed (set by the driver).
-    public var invalidateNode: @Sendable (NodeID) -> Void = { _ in }
+    /// Drops the kernel's cache of a node whose content another host changed (set by the
+    /// driver through ``setInvalidation(_:)``; guarded by `stateLock`).
+    var invalidateNode: @Sendable (NodeID) -> Void = { _ in }
+
+    /// Tells the volume how to drop the kernel's cache of a node (the driver, once mounted).
+    public func setInvalidation(_ invalidate: @escaping @Sendable (NodeID) -> Void) {
+        stateLock.withLock { invalidateNode = invalidate }
+    }
 
     /// Opens the volume over a store opened read-write, replaying a journal left by a crash.
     public init(store: Store, options: VolumeOptions = VolumeOptions()) throws {
