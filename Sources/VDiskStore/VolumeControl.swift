@@ -16,7 +16,13 @@ import Glibc
 /// A failure carries the `StoreError` itself (its case and fields), so the command prints the
 /// same message and exits with the same code as it would on an unmounted store.
 public final class VolumeControl: @unchecked Sendable {
-    public static func socketPath(store: String) -> String { store + "/control.sock" }
+    /// The socket of the mount of `store` on this host: in the host's directory for the store
+    /// (the store itself for a directory store; the `--state-dir` one for a shared store).
+    public static func socketPath(store: String) -> String {
+        guard store.contains("://") else { return store + "/control.sock" }
+        let dir = (try? StoreBackends.backend(for: store))?.localDirectory ?? store
+        return dir + "/control.sock"
+    }
 
     private let volume: Volume
     private let hooks: MountHooks
@@ -31,7 +37,7 @@ public final class VolumeControl: @unchecked Sendable {
     /// logging, when the socket cannot be made (the mount works without it). `hooks` tell
     /// rollback and trim which images are open for writing and drop the kernel's cache.
     public static func start(volume: Volume, hooks: MountHooks = .none) -> VolumeControl? {
-        let c = VolumeControl(volume: volume, hooks: hooks, path: socketPath(store: volume.store.path))
+        let c = VolumeControl(volume: volume, hooks: hooks, path: volume.store.localDirectory + "/control.sock")
         do { try c.listen() } catch {
             log("vdiskfs: no control socket (\(error)); snapshot commands need the store unmounted")
             return nil
