@@ -77,20 +77,31 @@ public final class DirectoryBackend: StoreBackend, @unchecked Sendable {
         throw StoreError.io(errno: errno, context: "stat \(packPath(pack))")
     }
 
+    /// The pack takes its name only once its header is written (a temporary file, linked):
+    /// a kill between creating and writing must not leave a headerless pack, which would
+    /// stop the store from opening and verifying. (One writer: the temporary name is fixed,
+    /// and one a kill left behind is replaced.)
     public func createPack(_ pack: UInt64, header: [UInt8]) throws -> PackOutput? {
         let p = packPath(pack)
+        let temporary = p + ".new"
         let fd: FileDescriptor
         do {
-            fd = try FileDescriptor.open(FilePath(p), .readWrite, options: [.create, .exclusiveCreate, .closeOnExec],
+            fd = try FileDescriptor.open(FilePath(temporary), .readWrite, options: [.create, .truncate, .closeOnExec],
                                          permissions: [.ownerReadWrite, .groupRead, .otherRead])
-        } catch let e as Errno {
-            if e == .fileExists { return nil }
-            throw StoreError.system(e, "create pack", path: p)
+        } catch {
+            throw StoreError.system(error, "create pack", path: p)
         }
         do { try header.withUnsafeBytes { (h) throws in try fd.writeFully(h, at: 0) } } catch {
             try? fd.close()
-            unlink(p)
+            unlink(temporary)
             throw StoreError.system(error, "write pack header", path: p)
+        }
+        let linked = link(temporary, p) == 0 ? 0 : errno
+        unlink(temporary)
+        guard linked == 0 else {
+            try? fd.close()
+            if linked == EEXIST { return nil }
+            throw StoreError.system(Errno(rawValue: linked), "create pack", path: p)
         }
         return FileOutput(fd: fd, path: p)
     }

@@ -71,6 +71,27 @@ final class GCCrashTests: XCTestCase {
         case deleting = "the first old pack is deleted"
     }
 
+    /// A pack takes its name only with its header written, through a temporary file; one a
+    /// kill left behind is harmless and replaced by the next pack created. (Before, a kill
+    /// between creating a pack and writing its header left a headerless pack: verify failed
+    /// with exit 18 and opening could fail with exit 12.)
+    func testAPackLeftHalfCreatedByAKillIsHarmless() throws {
+        let dir = temporaryDirectory(self)
+        let s = "\(dir)/store"
+        XCTAssertEqual(try vdiskfs("init", "-s", s).status, 0)
+        try random(1 << 20).write(to: URL(fileURLWithPath: "\(dir)/a.img"))
+        XCTAssertEqual(try vdiskfs("import", "-s", s, "\(dir)/a.img", "a.img").status, 0)
+        let last = packs(s).keys.max()!
+        let next = String(format: "%016llx.pack", UInt64(last.prefix(16), radix: 16)! + 1)
+        FileManager.default.createFile(atPath: "\(s)/packs/\(next).new", contents: Data())
+        XCTAssertEqual(try vdiskfs("verify", "-s", s).status, 0)
+        try random(1 << 20).write(to: URL(fileURLWithPath: "\(dir)/b.img"))
+        XCTAssertEqual(try vdiskfs("import", "-s", s, "\(dir)/b.img", "b.img").status, 0)
+        XCTAssertNotNil(packs(s)[next], "the next pack took the number")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(s)/packs/\(next).new"))
+        try checkStore(s, dir, [("a.img", "\(dir)/a.img"), ("b.img", "\(dir)/b.img")], "after a half-created pack")
+    }
+
     func testKill9DuringGCAtEachStepThenVerify() throws {
         let dir = temporaryDirectory(self)
         let s = "\(dir)/store"
