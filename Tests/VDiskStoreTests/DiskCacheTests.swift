@@ -214,8 +214,8 @@ final class DiskCacheTests: XCTestCase {
         XCTAssertNil(cache.record(for: cold[0].ref, kind: .data))
         XCTAssertNil(cache.record(for: cold[500].ref, kind: .data))
         let s = cache.statistics
-        XCTAssertGreaterThan(s.promoted, 5)
-        XCTAssertLessThan(s.promoted, 60)  // re-appended about once per half turn, not on every hit
+        XCTAssertGreaterThan(s.promoted, 4)
+        XCTAssertLessThan(s.promoted, 20)  // re-appended about once per 3/4 turn, not on every hit
     }
 
     func testFullBucketEvictsItsOldestEntry() throws {
@@ -338,6 +338,7 @@ final class DiskCacheTests: XCTestCase {
         }
         let (result, lines) = capturingLog { cache.record(for: first.ref, kind: .data) }
         XCTAssertNil(result)
+        XCTAssertEqual(cache.racedLookups, 1)
         XCTAssertEqual(lines, [])
         XCTAssertEqual(cache.statistics.dropped, 0)
         XCTAssertNil(locate(first.bytes, in: cache.directory))  // its segment was recycled meanwhile
@@ -376,6 +377,7 @@ final class DiskCacheTests: XCTestCase {
             XCTAssertGreaterThan(s.hits, 8 * 3000 / 4)
             XCTAssertLessThanOrEqual(s.bytes, 2 << 20)
             XCTAssertLessThanOrEqual(segmentFilesBytes(dir), 2 << 20)
+            XCTAssertGreaterThan(s.written * 3000, 3 * (2 << 20))  // the ring turned several times under the readers
         }
         // What is indexed is what is on disk.
         let reopened = try DiskCache(directory: dir, capacityBytes: 2 << 20)
@@ -434,31 +436,47 @@ final class DiskCacheTests: XCTestCase {
 
     // MARK: measurement (not an assertion)
 
-    /// Lookup throughput of 4 KiB records from the page cache, on 1 and 8 threads.
-    /// Runs only with VDISK_MEASURE=1 (build in release for real numbers).
+    /// Lookup throughput of 4 KiB records from the page cache, on 1 and 8 threads; insert
+    /// throughput and the open scan's rate. Runs only with VDISK_MEASURE=1 (in release:
+    /// `swift build -c release --build-tests -Xswiftc -enable-testing`).
     func testMeasureLookupThroughput() throws {
         guard ProcessInfo.processInfo.environment["VDISK_MEASURE"] == "1" else { throw XCTSkip("set VDISK_MEASURE=1") }
-        let cache = try DiskCache(directory: temporaryDirectory(self), capacityBytes: 256 << 20)
+        func seconds(since start: UInt64) -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
+        let dir = temporaryDirectory(self)
         let records = Self.makeRecords(16384, seed: 3)  // 64 MiB of incompressible 4 KiB chunks
-        for r in records { XCTAssertTrue(insert(cache, r)) }
         let refs = records.map(\.ref)
-        for threads in [1, 8] {
-            let perThread = 200_000 / threads * (threads == 1 ? 1 : 2)
-            let start = DispatchTime.now().uptimeNanoseconds
-            DispatchQueue.concurrentPerform(iterations: threads) { t in
-                var i = t * 977
-                var sum = 0
-                for _ in 0..<perThread {
-                    i = (i &+ 7919) % refs.count
-                    sum &+= cache.withRecord(for: refs[i], kind: .data) { record, _ in Int(record[100]) } ?? 0
+        do {
+            let cache = try DiskCache(directory: dir, capacityBytes: 256 << 20)
+            var start = DispatchTime.now().uptimeNanoseconds
+            for r in records { XCTAssertTrue(insert(cache, r)) }
+            print(String(format: "disk cache inserts, 1 thread: %.0f MB/s", 64 * 1.048576 / seconds(since: start)))
+            for threads in [1, 8] {
+                let perThread = 400_000 / threads
+                start = DispatchTime.now().uptimeNanoseconds
+                DispatchQueue.concurrentPerform(iterations: threads) { t in
+                    var i = t * 977
+                    var sum = 0
+                    for _ in 0..<perThread {
+                        i = (i &+ 7919) % refs.count
+                        sum &+= cache.withRecord(for: refs[i], kind: .data) { record, _ in Int(record[100]) } ?? 0
+                    }
+                    XCTAssertGreaterThan(sum, 0)
                 }
-                XCTAssertGreaterThan(sum, 0)
+                let n = Double(perThread * threads)
+                let t = seconds(since: start)
+                print(String(format: "disk cache lookups (withRecord), %d thread%@: %.0f lookups/s, %.0f MB/s of 4 KiB records",
+                             threads, threads == 1 ? "" : "s", n / t, n * 4096 / t / 1e6))
             }
-            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-            let n = Double(perThread * threads)
-            print(String(format: "disk cache lookups, %d thread%@: %.0f lookups/s, %.0f MB/s of 4 KiB records",
-                         threads, threads == 1 ? "" : "s", n / seconds, n * 4096 / seconds / 1e6))
+            start = DispatchTime.now().uptimeNanoseconds
+            var copied = 0
+            for k in 0..<100_000 { copied &+= cache.record(for: refs[(k &* 7919) % refs.count], kind: .data)?.count ?? 0 }
+            print(String(format: "disk cache lookups (record(for:) copying), 1 thread: %.0f MB/s", Double(copied) / seconds(since: start) / 1e6))
+            XCTAssertEqual(cache.statistics.dropped, 0)
         }
-        XCTAssertEqual(cache.statistics.dropped, 0)
+        let start = DispatchTime.now().uptimeNanoseconds
+        let reopened = try DiskCache(directory: dir, capacityBytes: 256 << 20)
+        let t = seconds(since: start)
+        XCTAssertEqual(reopened.statistics.entries, records.count)
+        print(String(format: "disk cache open: %.3f s for 64 MiB cached (%.0f MB/s from the page cache)", t, 64 * 1.048576 / t))
     }
 }
