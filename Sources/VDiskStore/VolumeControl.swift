@@ -174,6 +174,7 @@ public final class VolumeControl: @unchecked Sendable {
         if case .readOnly(let n) = e { carry("readOnly", n) }
         if case .outputUnwritable(let p, let r) = e { carry("outputUnwritable", p, r) }
         if case .busy(let n) = e { carry("busy", n) }
+        if case .leaseHeld(let i, let h) = e { carry("leaseHeld", i, h) }
         if case .io(let errno, let c) = e { carry("io", Int(errno), c) }
         return reply
     }
@@ -199,6 +200,7 @@ public final class VolumeControl: @unchecked Sendable {
         case ("readOnly", let a?, _): return .readOnly(name: a)
         case ("outputUnwritable", let a?, let b?): return .outputUnwritable(path: a, reason: b)
         case ("busy", let a?, _): return .busy(name: a)
+        case ("leaseHeld", let a?, let b?): return .leaseHeld(image: a, holder: b)
         case ("io", _, let c?): return .io(errno: Int32(f.first as? Int ?? Int(EIO)), context: c)
         default: return .io(errno: EIO, context: message)
         }
