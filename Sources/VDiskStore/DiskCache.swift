@@ -55,7 +55,8 @@ import SystemPackage
 /// header there) and stops at a torn tail, which it truncates. Nothing is fsynced: after a
 /// crash at most the tail of a segment is lost, and what a crash leaves garbled is caught by
 /// the check on read. Opening reads every cached byte once, sequentially: about 1 s per GiB
-/// cached from the page cache (measured 0.6 to 1.2 GB/s), the disk's read rate otherwise.
+/// cached from the page cache (measured 0.4 to 1.4 GB/s on a busy 2-core host), the disk's
+/// read rate otherwise.
 ///
 /// **Failures.** Writes are best effort. A failed write (a full disk, an I/O error) is logged
 /// once, seals the newest segment, and pauses inserts for `retryInterval` (30 s); the next
