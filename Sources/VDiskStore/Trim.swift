@@ -21,7 +21,8 @@ extension Store {
         return try withLeases([name], purpose: "trim") { try trimLeased(name) }
     }
 
-    private func trimLeased(_ name: String) throws -> TrimReport {
+    /// ``trim(_:)`` for a caller that holds the image's lease (a mount).
+    func trimLeased(_ name: String) throws -> TrimReport {
         guard var entry = namespace.entries[name], entry.kind == .image, let image = entry.image else {
             throw StoreError.noSuchImage(name: name)
         }

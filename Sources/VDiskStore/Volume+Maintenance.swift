@@ -78,7 +78,8 @@ extension Volume {
         var report: TrimReport?
         let id: NodeID = try changingImage(path, hooks: hooks, mayBeMissing: false, check: {}) { n, _ in
             let n = n!
-            do { report = try store.trim(path) } catch {
+            // The mount holds the image's lease (taken below in changingImage).
+            do { report = try store.trimLeased(path) } catch {
                 try? store.rollback()
                 throw error
             }
@@ -107,6 +108,8 @@ extension Volume {
             while hooks.isOpenForWriting(id) && Date() < deadline { usleep(10_000) }
         }
         flushLock.lock(); defer { flushLock.unlock() }
+        // A shared store: this mount must hold the image's lease to change it.
+        try requireLeaseLocked(path)
         let checked = try check()
         let n: Node? = stateLock.withLock { byPath[path].flatMap { nodes[$0] }.flatMap { $0.isDirectory ? nil : $0 } }
         guard let n else {
