@@ -163,6 +163,10 @@ public final class RadosBackend: StoreBackend, @unchecked Sendable {
         try pool.read(Self.packObject(pack), at: UInt64(offset), into: buffer)
     }
 
+    public func readPacks(_ requests: [PackRead]) throws -> [Int?] {
+        try pool.readMany(requests.map { RadosPool.ReadRequest(object: Self.packObject($0.pack), offset: UInt64($0.offset), buffer: $0.buffer) })
+    }
+
     public func removePacks(_ packs: [UInt64]) throws {
         for p in packs { try pool.remove(Self.packObject(p)) }
     }

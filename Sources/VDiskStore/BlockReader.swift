@@ -56,6 +56,10 @@ extension Store {
             for r in runs { try readRun(refs, r, blockSize: blockSize, into: output) }
             return
         }
+        if backend.isShared {
+            try readRunsTogether(refs, runs, blockSize: blockSize, into: output)
+            return
+        }
         let workers = min(runs.count, max(1, ProcessInfo.processInfo.activeProcessorCount))
         var failure: Error?
         let lock = NSLock()
@@ -80,34 +84,84 @@ extension Store {
             }
             return
         }
-        if let cache = packs.diskCache {
-            // The disk cache first: a run it holds whole costs no backend read at all.
-            var misses = 0
-            for i in run {
-                let hit = try cache.withRecord(for: refs[i], kind: .data) { record, header in
-                    guard header.rawLength == blockSize else {
-                        throw StoreError.damagedChunk(detail: "\(PackReader.describe(refs[i], .data)) has the wrong length")
-                    }
-                    try PackReader.decode(record, header, refs[i], .data, into: slot(i))
-                }
-                if hit == nil { misses += 1 }
-            }
-            if misses == 0 { return }
-        }
+        // The disk cache first: a run it holds whole costs no backend read at all.
+        if try readRunFromDiskCache(refs, run, blockSize: blockSize, into: output) { return }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.runLength(refs, run), alignment: 64)
+        defer { buffer.deallocate() }
+        let first = refs[run.lowerBound].location
+        let got: Int?
+        do { got = try backend.readPack(first.pack, at: Int64(first.offset), into: buffer) } catch { got = nil }
+        try decodeRun(refs, run, blockSize: blockSize, bytes: got.map { UnsafeRawBufferPointer(rebasing: buffer[0..<$0]) }, into: output)
+    }
+
+    /// Bytes from the first record of `run` to the end of its last.
+    static func runLength(_ refs: [ChunkRef], _ run: Range<Int>) -> Int {
         let first = refs[run.lowerBound].location
         let last = refs[run.upperBound - 1].location
-        let length = Int(last.offset) + last.recordLength - Int(first.offset)
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 64)
-        defer { buffer.deallocate() }
-        let got: Int
-        do {
-            guard let n = try backend.readPack(first.pack, at: Int64(first.offset), into: buffer) else { throw PackReader.Failure.notThere }
-            got = n
-        } catch {
+        return Int(last.offset) + last.recordLength - Int(first.offset)
+    }
+
+    /// Shared (remote) stores: every run's bytes requested at once, so the reads are in
+    /// flight together rather than one round trip after another; then decoded on every core.
+    private func readRunsTogether(_ refs: [ChunkRef], _ runs: [Range<Int>], blockSize: Int,
+                                  into output: UnsafeMutableRawBufferPointer) throws {
+        var pending: [Range<Int>] = []
+        for run in runs where !(try readRunFromDiskCache(refs, run, blockSize: blockSize, into: output)) { pending.append(run) }
+        guard !pending.isEmpty else { return }
+        let buffers = pending.map { UnsafeMutableRawBufferPointer.allocate(byteCount: Self.runLength(refs, $0), alignment: 64) }
+        defer { buffers.forEach { $0.deallocate() } }
+        let requests = zip(pending, buffers).map { run, b in
+            PackRead(pack: refs[run.lowerBound].location.pack, offset: Int64(refs[run.lowerBound].location.offset), buffer: b)
+        }
+        // A failed batch falls back to each run on its own (index lookups, clear errors).
+        let results = (try? backend.readPacks(requests)) ?? Array(repeating: nil, count: requests.count)
+        let workers = min(pending.count, max(1, ProcessInfo.processInfo.activeProcessorCount))
+        var failure: Error?
+        let lock = NSLock()
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            var k = w
+            while k < pending.count {
+                let bytes = results[k].map { UnsafeRawBufferPointer(rebasing: buffers[k][0..<$0]) }
+                do { try decodeRun(refs, pending[k], blockSize: blockSize, bytes: bytes, into: output) }
+                catch { lock.lock(); if failure == nil { failure = error }; lock.unlock() }
+                k += workers
+            }
+        }
+        if let failure { throw failure }
+    }
+
+    /// Fills `run`'s slots from the disk cache if it holds every record; false otherwise.
+    private func readRunFromDiskCache(_ refs: [ChunkRef], _ run: Range<Int>, blockSize: Int,
+                                      into output: UnsafeMutableRawBufferPointer) throws -> Bool {
+        guard let cache = packs.diskCache else { return false }
+        for i in run {
+            let slot = UnsafeMutableRawBufferPointer(rebasing: output[(i * blockSize)..<((i + 1) * blockSize)])
+            let hit = try cache.withRecord(for: refs[i], kind: .data) { record, header in
+                guard header.rawLength == blockSize else {
+                    throw StoreError.damagedChunk(detail: "\(PackReader.describe(refs[i], .data)) has the wrong length")
+                }
+                try PackReader.decode(record, header, refs[i], .data, into: slot)
+            }
+            if hit == nil { return false }
+        }
+        return true
+    }
+
+    /// Decodes the records of `run` from `bytes` (the pack from the run's first record on; nil
+    /// when it could not be read: each record then goes the single-record way, following the
+    /// index). Each record is checked; the disk cache, if any, gets what checks out.
+    private func decodeRun(_ refs: [ChunkRef], _ run: Range<Int>, blockSize: Int, bytes: UnsafeRawBufferPointer?,
+                           into output: UnsafeMutableRawBufferPointer) throws {
+        func slot(_ i: Int) -> UnsafeMutableRawBufferPointer {
+            UnsafeMutableRawBufferPointer(rebasing: output[(i * blockSize)..<((i + 1) * blockSize)])
+        }
+        guard let buffer = bytes else {
             // Pack gone or unreadable: fall back to one record at a time (index lookups).
             for i in run { _ = try readBlock(refs[i], into: slot(i)) }
             return
         }
+        let got = buffer.count
+        let first = refs[run.lowerBound].location
         for i in run {
             let at = Int(refs[i].location.offset - first.offset)
             // A short read (the pack shrank) leaves a partial or empty record: checked() sends it to the fallback.

@@ -36,6 +36,9 @@ public protocol StoreBackend: AnyObject, Sendable {
     func createPack(_ pack: UInt64, header: [UInt8]) throws -> PackOutput?
     /// Reads up to `buffer.count` bytes of `pack` from `offset`; nil when there is no such pack.
     func readPack(_ pack: UInt64, at offset: Int64, into buffer: UnsafeMutableRawBufferPointer) throws -> Int?
+    /// Reads several ranges at once (a remote backend keeps them all in flight); each result
+    /// as ``readPack(_:at:into:)``'s.
+    func readPacks(_ requests: [PackRead]) throws -> [Int?]
     /// Deletes packs (garbage collection, after the index and root moved away from them).
     func removePacks(_ packs: [UInt64]) throws
     /// Cuts a pack back to `length` bytes (0: deletes it). Directory stores only: rollback.
@@ -105,6 +108,24 @@ public final class SingleWriterLease: ImageLease, @unchecked Sendable {
     public init() {}
     public var isHeld: Bool { true }
     public func release() {}
+}
+
+/// One range of a pack to read into `buffer`.
+public struct PackRead {
+    public var pack: UInt64
+    public var offset: Int64
+    public var buffer: UnsafeMutableRawBufferPointer
+    public init(pack: UInt64, offset: Int64, buffer: UnsafeMutableRawBufferPointer) {
+        self.pack = pack; self.offset = offset; self.buffer = buffer
+    }
+}
+
+extension StoreBackend {
+    /// One read after another: right for a local disk, where the caller's threads give the
+    /// parallelism.
+    public func readPacks(_ requests: [PackRead]) throws -> [Int?] {
+        try requests.map { try readPack($0.pack, at: $0.offset, into: $0.buffer) }
+    }
 }
 
 /// The kinds of store lock.
