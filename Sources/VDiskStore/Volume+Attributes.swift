@@ -41,7 +41,12 @@ extension Volume {
     /// The kernel no longer knows `node`: an unlinked node's data can go.
     public func forget(_ id: NodeID) {
         stateLock.withLock {
-            if let n = nodes[id], n.path == nil { nodes[id] = nil }
+            guard let n = nodes[id], n.path == nil else { return }
+            nodes[id] = nil
+            // A snapshot's node is made again by the next lookup of its name.
+            if let snap = n.snapshot, snapshotNodes[snap + "\0" + n.snapshotPath] == id {
+                snapshotNodes[snap + "\0" + n.snapshotPath] = nil
+            }
         }
     }
 }
