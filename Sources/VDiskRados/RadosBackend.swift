@@ -348,6 +348,13 @@ public final class RadosBackend: StoreBackend, @unchecked Sendable {
         }
     }
 
+    public func removeLeaseObjects() throws {
+        for object in try pool.objects(withPrefix: "leases/") {
+            // Only objects nobody holds (an expired hold is not listed).
+            if try pool.lockers(object, name: Self.leaseLockName).holders.isEmpty { try pool.remove(object) }
+        }
+    }
+
     // MARK: space
 
     public func space() throws -> (totalBytes: UInt64, freeBytes: UInt64, availableBytes: UInt64) {

@@ -229,6 +229,7 @@ public final class DirectoryBackend: StoreBackend, @unchecked Sendable {
     public func pendingJournals() throws -> [String] { [] }
     public func recordCollectedPacks(_ packs: [UInt64]) throws {}
     public func collectedPacks() throws -> [UInt64] { [] }
+    public func removeLeaseObjects() throws {}
 
     public func acquireLease(image name: String, purpose: String) throws -> ImageLease { SingleWriterLease() }
     public func leases() throws -> [LeaseInfo] { [] }

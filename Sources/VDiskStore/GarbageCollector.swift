@@ -123,6 +123,7 @@ public enum GarbageCollector {
     /// Carries out a plan made by ``plan(_:threshold:progress:)`` on the same store.
     public static func execute(_ store: Store, _ plan: CollectionPlan, live: Set<ChunkHash>,
                                progress: ((Int64, Int64) -> Void)? = nil) throws {
+        if store.backend.isShared { try store.backend.removeLeaseObjects() }
         let rewrite = plan.packsToRewrite.compactMap(PackFormat.packNumber(fileName:))
         let delete = plan.packsToDelete.compactMap(PackFormat.packNumber(fileName:))
         guard !rewrite.isEmpty || !delete.isEmpty else { return }

@@ -76,6 +76,9 @@ public protocol StoreBackend: AnyObject, Sendable {
     func recordCollectedPacks(_ packs: [UInt64]) throws
     /// Every pack garbage collection deleted, in order.
     func collectedPacks() throws -> [UInt64]
+    /// Shared stores, from gc (which holds the exclusive store lock, so no writer holds a
+    /// lease): removes the objects leases left behind (a lock leaves its object in place).
+    func removeLeaseObjects() throws
 
     /// Takes the write lease of image `name` for this process: one writer per image across
     /// every host of a shared store. Throws `leaseHeld` naming the holder. A directory
