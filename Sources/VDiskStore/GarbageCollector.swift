@@ -43,10 +43,12 @@ public enum GarbageCollector {
         if !mounted, let segments = try? FileIO.list(journal), segments.contains(where: { $0.hasPrefix("journal-") && $0.hasSuffix(".log") }) {
             throw StoreError.busy(name: "\(store.path) has a mount's journal to replay: mount and unmount it first")
         }
-        if store.backend.isShared {
+        if store.backend.isShared && store.access == .readWrite {
+            // (A dry run may plan beside live mounts; gc itself holds the exclusive lock, so a
+            // journal noted now is a crashed mount's.)
             let journals = try store.backend.pendingJournals()
             if !journals.isEmpty {
-                throw StoreError.busy(name: "\(store.path) has journals of mounts to replay (\(journals.joined(separator: ", "))): mount and unmount there first")
+                throw StoreError.busy(name: "store \(store.path) (the journal of a crashed mount waits to be replayed: \(journals.joined(separator: ", ")); mount and unmount there first)")
             }
         }
         // Nothing may be appended to a pack the plan could delete: new records (gc's copies

@@ -80,7 +80,11 @@ public final class Store: @unchecked Sendable {
         self.namespaceRef = .zero
     }
 
-    deinit { storeLock?.release() }
+    deinit {
+        // Seal the open pack (on a shared store its summary lets other hosts dedup against it).
+        try? writer?.sealCurrent()
+        storeLock?.release()
+    }
 
     /// Lets go of the store's lock. Commits are explicit, so nothing is written here;
     /// the store must not be used afterwards.
