@@ -106,27 +106,89 @@ func mountLines(at path: String) -> [String] {
     }
 }
 
+/// Where a MountFixture's store lives.
+enum MountBackend {
+    /// A store directory in the fixture's temporary directory (the default).
+    case local
+    /// A store in the test process's throw-away Ceph cluster (CephTestCluster), in a
+    /// namespace of its own: `rados://vdiskfs/NAMESPACE?conf=…&lease=SECONDS`, with this
+    /// "host"'s state (index, journal, mount.log) under a --state-dir in the fixture's directory.
+    case rados(lease: Int = 3)
+}
+
 /// A store and a mountpoint in a fresh temporary directory, mounted with the real binary.
 ///
 /// `mount()` runs `vdiskfs mount` without `-f`: its exit is the readiness signal. `unmount()`
 /// runs `fusermount3 -u` (falling back to `umount -l`) and waits for the daemon to finish its
 /// final flush and exit (the store is locked until then). The test case's teardown unmounts
 /// whatever is still mounted and fails the test if a mount or a daemon leaked.
+///
+/// On a RADOS store (`backend: .rados()`) every command gets `--state-dir`; `cli(…)` runs a
+/// verb with the store's arguments on either backend. `MountFixture(test, sharing: other)`
+/// is a second "host" of `other`'s RADOS store: its own state directory and mountpoint.
 final class MountFixture {
     let directory: String
+    /// The store: its directory, or its rados:// location (with options).
     let store: String
     let mountpoint: String
+    /// This host's --state-dir (RADOS stores only).
+    let stateDirectory: String?
+    /// Where the mount keeps its journal and mount.log: the store directory, or
+    /// STATE/rados/POOL/NAMESPACE.
+    let hostDirectory: String
     private unowned let test: XCTestCase
 
-    init(_ test: XCTestCase, file: StaticString = #filePath, line: UInt = #line) throws {
+    /// `-s STORE` (and `--state-dir DIR`): what every command on this store takes.
+    var storeArguments: [String] { ["-s", store] + (stateDirectory.map { ["--state-dir", $0] } ?? []) }
+
+    var isRados: Bool { stateDirectory != nil }
+
+    init(_ test: XCTestCase, backend: MountBackend = .local, file: StaticString = #filePath, line: UInt = #line) throws {
         self.test = test
-        directory = "/tmp/vdiskfs-mt-" + UUID().uuidString.prefix(8).lowercased()
-        store = directory + "/store"
+        directory = Self.freshDirectory()
         mountpoint = directory + "/mnt"
+        switch backend {
+        case .local:
+            store = directory + "/store"
+            stateDirectory = nil
+            hostDirectory = store
+        case .rados(let lease):
+            let namespace = "mt-" + UUID().uuidString.prefix(8).lowercased()
+            store = "rados://\(CephTestCluster.pool)/\(namespace)?conf=\(try CephTestCluster.configFile())&lease=\(lease)"
+            stateDirectory = directory + "/state"
+            hostDirectory = Self.hostDirectory(store: store, stateDirectory: directory + "/state")
+        }
         try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
-        let r = try vdiskfs("init", "-s", store)
+        let r = try runProgram(VDiskfsBinary.path, ["init"] + storeArguments)
         XCTAssertEqual(r.status, 0, r.stderr, file: file, line: line)
         test.addTeardownBlock { [self] in self.tearDown() }
+    }
+
+    /// A second host of `other`'s RADOS store: a state directory and a mountpoint of its own
+    /// (in a fresh temporary directory); the store is not created again.
+    init(_ test: XCTestCase, sharing other: MountFixture) throws {
+        precondition(other.isRados, "only a RADOS store is shared between hosts")
+        self.test = test
+        directory = Self.freshDirectory()
+        mountpoint = directory + "/mnt"
+        store = other.store
+        stateDirectory = directory + "/state"
+        hostDirectory = Self.hostDirectory(store: store, stateDirectory: directory + "/state")
+        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        test.addTeardownBlock { [self] in self.tearDown() }
+    }
+
+    private static func freshDirectory() -> String { "/tmp/vdiskfs-mt-" + UUID().uuidString.prefix(8).lowercased() }
+
+    /// STATE/rados/POOL/NAMESPACE, as the command derives it from the location.
+    private static func hostDirectory(store: String, stateDirectory: String) -> String {
+        stateDirectory + "/rados/" + String(store.dropFirst("rados://".count).prefix { $0 != "?" })
+    }
+
+    /// Runs `vdiskfs ARGUMENTS -s STORE [--state-dir DIR]` (options may follow the arguments).
+    @discardableResult
+    func cli(_ arguments: String...) throws -> ProgramResult {
+        try runProgram(VDiskfsBinary.path, arguments + storeArguments)
     }
 
     /// Path of `name` inside the mount.
@@ -136,7 +198,7 @@ final class MountFixture {
 
     /// Mounts; the test fails (and this throws) if the command does not exit 0.
     func mount(_ extra: String..., file: StaticString = #filePath, line: UInt = #line) throws {
-        let r = try runProgram(VDiskfsBinary.path, ["mount", "-s", store, mountpoint] + extra)
+        let r = try runProgram(VDiskfsBinary.path, ["mount"] + storeArguments + [mountpoint] + extra)
         XCTAssertEqual(r.status, 0, "mount failed: \(r.stderr)\nlog:\n\(log)", file: file, line: line)
         guard r.status == 0 else { throw NSError(domain: "MountTests", code: Int(r.status), userInfo: [NSLocalizedDescriptionKey: r.stderr]) }
         XCTAssertTrue(isMounted, "vdiskfs mount returned 0 but \(mountpoint) is not mounted", file: file, line: line)
@@ -186,9 +248,22 @@ final class MountFixture {
     }
 
     /// The daemon's log.
-    var log: String { (try? String(contentsOfFile: store + "/mount.log", encoding: .utf8)) ?? "" }
+    var log: String { (try? String(contentsOfFile: hostDirectory + "/mount.log", encoding: .utf8)) ?? "" }
+
+    /// Waits until `pid` is gone altogether: not even a zombie (a zombie still holds its pid, so
+    /// another process cannot yet tell that it died).
+    func waitUntilReaped(_ pid: pid_t, timeout: TimeInterval = 30) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if kill(pid, 0) != 0 && errno == ESRCH { return true }
+            usleep(20_000)
+        }
+        return false
+    }
 
     private func tearDown() {
+        // A daemon a test stopped (kill -STOP) and did not resume could not unmount.
+        if let pid = daemonPID() { kill(pid, SIGCONT) }
         let leaked = isMounted
         if leaked { try? unmount() }
         if isMounted {
