@@ -33,7 +33,7 @@ final class LockKeeper: @unchecked Sendable {
         tableLock.withLock { table[hold] = true }
         wake.lock()
         if thread == nil && !stopping {
-            let t = Thread { [weak self] in self?.run() }
+            let t = Thread { [unowned self] in self.run() }
             t.name = "vdiskfs-leases"
             thread = t
             t.start()
@@ -49,12 +49,35 @@ final class LockKeeper: @unchecked Sendable {
         _ = try? pool.unlock(hold.object, name: hold.name, cookie: hold.cookie)
     }
 
+    /// Stops renewing, unlocks every hold, and waits for the renewal thread to end (so that
+    /// the connection is shut down by the caller, never by that thread as the process exits).
     func stop() {
         wake.lock()
         stopping = true
         wake.broadcast()
+        let t = thread
         wake.unlock()
+        while let t, !t.isFinished { usleep(1000) }
         for h in tableLock.withLock({ Array(table.keys) }) { release(h) }
+    }
+
+    /// Renews `hold` now (renew-only: a lapsed hold is never retaken); false, and marked
+    /// lost, when it is no longer held. Throws when the cluster cannot be asked.
+    func renew(_ hold: Hold) throws -> Bool {
+        guard isHeld(hold) else { return false }
+        let renewed: Bool
+        if let tag = hold.tag {
+            renewed = try pool.lockShared(hold.object, name: hold.name, cookie: hold.cookie, tag: tag,
+                                          description: hold.cookie, duration: seconds, renewal: .renewOnly)
+        } else {
+            renewed = try pool.lockExclusive(hold.object, name: hold.name, cookie: hold.cookie,
+                                             description: hold.cookie, duration: seconds, renewal: .renewOnly)
+        }
+        if !renewed {
+            log("vdiskfs: lost the lock on \(hold.object) (it expired or was broken)")
+            tableLock.withLock { if table[hold] != nil { table[hold] = false } }
+        }
+        return renewed
     }
 
     private func run() {
@@ -66,24 +89,8 @@ final class LockKeeper: @unchecked Sendable {
             wake.unlock()
             if stop { return }
             for (hold, held) in tableLock.withLock({ table }) where held {
-                let renewed: Bool
-                do {
-                    if let tag = hold.tag {
-                        renewed = try pool.lockShared(hold.object, name: hold.name, cookie: hold.cookie, tag: tag,
-                                                      description: hold.cookie, duration: seconds, renewal: .renewOnly)
-                    } else {
-                        renewed = try pool.lockExclusive(hold.object, name: hold.name, cookie: hold.cookie,
-                                                         description: hold.cookie, duration: seconds, renewal: .renewOnly)
-                    }
-                } catch {
-                    // A transient failure: try again next round; the hold lasts `seconds`.
-                    log("vdiskfs: cannot renew the lock on \(hold.object): \(error)")
-                    continue
-                }
-                if !renewed {
-                    log("vdiskfs: lost the lock on \(hold.object) (it expired or was broken); writes to it stop")
-                    tableLock.withLock { if table[hold] != nil { table[hold] = false } }
-                }
+                // A transient failure: try again next round; the hold lasts `seconds`.
+                do { _ = try renew(hold) } catch { log("vdiskfs: cannot renew the lock on \(hold.object): \(error)") }
             }
         }
     }

@@ -268,13 +268,22 @@ public final class RadosBackend: StoreBackend, @unchecked Sendable {
         var broke = false
         for h in (try? pool.lockers(object, name: lock).holders) ?? [] where h.cookie.hasPrefix(prefix) {
             let pid = Int32(h.cookie.dropFirst(prefix.count).prefix { $0.isNumber }) ?? 0
-            guard pid > 0, pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            guard pid > 0, pid != getpid(), Self.processIsGone(pid) else { continue }
             if (try? pool.breakLock(object, name: lock, client: h.client, cookie: h.cookie)) == true {
                 log("vdiskfs: broke the lock on \(object) of a dead process of this host (\(Self.describeHolder(h.cookie)))")
                 broke = true
             }
         }
         return broke
+    }
+
+    /// Whether process `pid` of this host has ended: no such process, or a zombie (killed,
+    /// not yet reaped by its parent).
+    static func processIsGone(_ pid: Int32) -> Bool {
+        if kill(pid, 0) != 0 && errno == ESRCH { return true }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.range(of: ") ", options: .backwards) else { return false }
+        return stat[close.upperBound...].hasPrefix("Z") || stat[close.upperBound...].hasPrefix("X")
     }
 
     public func acquireLease(image: String, purpose: String) throws -> ImageLease {
@@ -298,6 +307,7 @@ public final class RadosBackend: StoreBackend, @unchecked Sendable {
         init(keeper: LockKeeper, hold: LockKeeper.Hold) { self.keeper = keeper; self.hold = hold }
         deinit { release() }
         var isHeld: Bool { keeper.isHeld(hold) }
+        func confirm() throws -> Bool { try keeper.renew(hold) }
         func release() { keeper.release(hold) }
     }
 

@@ -95,6 +95,9 @@ public protocol ImageLease: AnyObject, Sendable {
     /// False once the lease was lost (not renewed in time, or broken by an operator):
     /// the holder must not commit that image any more.
     var isHeld: Bool { get }
+    /// Renews the lease now and says whether it is still held (false: it lapsed or was
+    /// broken, and is lost for good). Called before each commit that depends on it.
+    func confirm() throws -> Bool
     func release()
 }
 
@@ -110,6 +113,7 @@ public struct LeaseInfo: Sendable, Codable, Equatable {
 public final class SingleWriterLease: ImageLease, @unchecked Sendable {
     public init() {}
     public var isHeld: Bool { true }
+    public func confirm() throws -> Bool { true }
     public func release() {}
 }
 

@@ -74,6 +74,8 @@ extension Volume {
     /// Call with `flushLock` held. On failure nothing is lost: the frozen blocks stay in the
     /// journal and the next flush tries again.
     func flushFrozen() throws {
+        // Images whose lease was lost are not this host's to commit (shared stores).
+        try confirmLeasesLocked()
         let work: [(Node, [UInt64: Dirty], UInt64, ImageRoot)] = stateLock.withLock {
             nodes.values.filter { !$0.isDirectory && $0.frozenPending }
                 .map { ($0, $0.frozen, $0.frozenSize, $0.root) }
@@ -125,7 +127,7 @@ extension Volume {
             throw e
         }
         let done: [WriteJournal.Segment] = stateLock.withLock {
-            for (n, _, _, _) in work {
+            for (n, _, _, _) in work where n.frozenPending {
                 guard let (r, delta) = roots[n.id] else { continue }
                 n.root = r
                 if let a = n.allocatedBlocks { n.allocatedBlocks = a + delta }
@@ -159,7 +161,10 @@ extension Volume {
             if isShared {
                 // Take other hosts' commits; give back the leases of idle images.
                 flushLock.lock()
-                do { try refreshLocked() } catch { log("vdiskfs: cannot read the store's root: \(error)") }
+                do {
+                    try confirmLeasesLocked()
+                    try refreshLocked()
+                } catch { log("vdiskfs: cannot read the store's root or renew leases: \(error)") }
                 releaseIdleLeasesLocked()
                 flushLock.unlock()
             }

@@ -62,17 +62,38 @@ extension Volume {
         stateLock.withLock { leases[path] = lease }
     }
 
-    /// Every image this volume holds the lease of must still be held before a commit.
-    func checkLeasesLocked() throws {
+    /// Before a commit: every lease this volume holds is renewed now. A lease found lost (it
+    /// lapsed, say while this process was stopped, or an operator broke it) means another
+    /// host may have written the image since: its version wins. The image's unflushed
+    /// writes here are dropped (logged), its node goes back to its committed version, and
+    /// the next reconcile shows the other host's. Call with `flushLock` held.
+    func confirmLeasesLocked() throws {
         guard isShared else { return }
-        for (path, lease) in stateLock.withLock({ leases }) where !lease.isHeld {
-            throw StoreError.leaseHeld(image: path, holder: "another host (this host's lease lapsed; its unflushed writes stay in the journal)")
+        for (path, lease) in stateLock.withLock({ leases }) {
+            if lease.isHeld, try lease.confirm() { continue }
+            let dropped: Int = stateLock.withLock {
+                leases[path] = nil
+                guard let id = byPath[path], let n = nodes[id] else { return 0 }
+                let count = n.dirty.count + n.frozen.count
+                currentDirtyBlocks -= min(currentDirtyBlocks, n.dirty.count)
+                n.dirty = [:]; n.frozen = [:]
+                n.dirtyData = 0; n.frozenData = 0
+                n.frozenPending = false
+                n.liveSize = n.root.size
+                return count
+            }
+            lease.release()
+            log("vdiskfs: lost the lease of \(path) (it expired or was broken): another host may have written it; \(dropped) unflushed block(s) of it here are dropped")
+            // Its node shows the store's version from now on, before anything is committed.
+            try? store.reloadRoot()
+            reconcileWithStore()
         }
     }
 
     /// Takes what other hosts committed, if anything. Call with `flushLock` held.
     func refreshLocked() throws {
-        guard isShared, try store.reloadRoot() else { return }
+        guard isShared else { return }
+        try store.reloadRoot()
         reconcileWithStore()
     }
 
@@ -83,7 +104,7 @@ extension Volume {
         let ns = store.namespace
         var changed: [NodeID] = []
         stateLock.withLock {
-            for (path, entry) in ns.entries where leases[path] == nil {
+            for (path, entry) in ns.entries where leases[path]?.isHeld != true {
                 if let id = byPath[path], let n = nodes[id] {
                     guard n.entry() != entry, !n.hasDirtyBlocks else { continue }
                     if n.isDirectory != (entry.kind == .directory) {
@@ -106,7 +127,7 @@ extension Volume {
                 nodes[n.id] = n
                 byPath[path] = n.id
             }
-            for (path, id) in byPath where ns.entries[path] == nil && leases[path] == nil {
+            for (path, id) in byPath where ns.entries[path] == nil && leases[path]?.isHeld != true {
                 guard let n = nodes[id], !n.hasDirtyBlocks else { continue }
                 byPath[path] = nil
                 n.path = nil

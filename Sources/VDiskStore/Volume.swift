@@ -320,19 +320,23 @@ public final class Volume: @unchecked Sendable {
     /// Builds the namespace from the node table, with `roots` replacing some nodes' trees
     /// and `change` applied. Call with `flushLock` held.
     func commitNamespace(roots: [NodeID: ImageRoot] = [:], _ change: (inout [String: Namespace.Entry]) throws -> Void = { _ in }) throws {
+        // A shared store: images whose lease was lost keep their committed version.
+        try confirmLeasesLocked()
+        let lost: Set<NodeID> = isShared ? stateLock.withLock {
+            Set(roots.keys.filter { id in nodes[id]?.path.map { leases[$0] == nil } ?? false })
+        } : []
         var entries: [String: Namespace.Entry] = stateLock.withLock {
             var e: [String: Namespace.Entry] = [:]
             e.reserveCapacity(byPath.count)
             for (path, id) in byPath {
                 guard let n = nodes[id] else { continue }
                 var entry = n.entry()
-                if let r = roots[id] { entry.image = r }
+                if let r = roots[id], !lost.contains(id) { entry.image = r }
                 e[path] = entry
             }
             return e
         }
         try change(&entries)
-        try checkLeasesLocked()
         do { try store.commit(Namespace(entries: entries)) } catch {
             try? store.rollback()
             throw error

@@ -36,13 +36,19 @@ struct VDiskfs: ParsableCommand {
             // One-shot verbs report a failure once, as their exit message; a mount keeps a log.
             if String(describing: type(of: command)) != "MountCommand" { logHandler = nil }
             try command.run()
+            // _exit: librados' threads may still be winding down, and its static destructors
+            // abort (boost::bad_get) if exit() runs them meanwhile. Every write that matters
+            // was synced; standard output is flushed here.
+            fflush(nil)
+            _exit(0)
         } catch let error as StoreError {
             FileHandle.standardError.write(Data("vdiskfs: \(error.description)\n".utf8))
             // _exit: librados' static destructors can abort while its threads wind down.
             fflush(nil)
             _exit(error.exitCode)
         } catch let error as ExitCode {
-            Foundation.exit(error.rawValue)
+            fflush(nil)
+            _exit(error.rawValue)
         } catch {
             exit(withError: error)
         }
