@@ -40,6 +40,8 @@ public enum StoreError: Error, Equatable, CustomStringConvertible, Sendable {
 
     public var description: String {
         switch self {
+        case .storeMissing(let p) where p.hasPrefix("rados://"):
+            return "\(p): no such pool (an administrator creates pools: 'ceph osd pool create NAME')"
         case .storeMissing(let p): return "store \(p) does not exist (create it with 'vdiskfs init -s \(p)')"
         case .notAStore(let p): return "\(p) is not a vdiskfs store"
         case .corruptStore(let d): return "store is damaged: \(d) (run 'vdiskfs verify')"

@@ -84,9 +84,9 @@ final class RadosStoreTests: XCTestCase {
         let a = s.host("a")
         // No such pool.
         var r = try a.run(location: "rados://no-such-pool-\(s.namespace)/x?conf=\(conf)", "ls")
-        a.assertFails(r, 10, contains: "does not exist")
+        a.assertFails(r, 10, contains: "no such pool")
         r = try a.run(location: "rados://no-such-pool-\(s.namespace)/x?conf=\(conf)", "init")
-        a.assertFails(r, 10, contains: "does not exist")
+        a.assertFails(r, 10, contains: "no such pool")
         // A pool (namespace) without a store.
         a.assertFails(try a.run("ls"), 11, contains: "not a vdiskfs store")
         a.assertFails(try a.run("import", "/etc/hostname", "x.img"), 11, contains: "not a vdiskfs store")
