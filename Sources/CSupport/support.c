@@ -72,6 +72,12 @@ int vdisk_is_zero(const void *data, size_t len) {
     return acc == 0;
 }
 
-void vdisk_limit_malloc_arenas(int n) { mallopt(M_ARENA_MAX, n); }
+// Fixed thresholds: large temporaries (flush maps, batch buffers) come from mmap and go back
+// to the kernel when freed, instead of glibc raising its threshold and keeping them resident.
+void vdisk_limit_malloc_arenas(int n) {
+    mallopt(M_ARENA_MAX, n);
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 1 << 20);
+}
 
 void vdisk_release_free_memory(void) { malloc_trim(0); }

@@ -270,6 +270,9 @@ final class ChunkIndex: @unchecked Sendable {
                 try s.fd.synchronizeData()
             } catch { throw StoreError.system(error, "write index", path: path) }
             if !s.pending.isEmpty { try grow(&s) }
+            // The mapped pages stay in the page cache but leave this process's RSS, so the
+            // index's share of a mount's memory does not grow with the store.
+            _ = madvise(s.map, s.mapLength, MADV_DONTNEED)
         }
         if pendingCount > 0 { try flush(indexedThrough: through) }
     }
