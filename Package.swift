@@ -46,7 +46,7 @@ let package = Package(
                 "VDiskStore", "VDiskFUSE", "VDiskAnalyze", "VDiskRados",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
-        .testTarget(name: "VDiskStoreTests", dependencies: ["VDiskStore"]),
+        .testTarget(name: "VDiskStoreTests", dependencies: ["VDiskStore"], exclude: ["Fixtures"]),
         .testTarget(name: "VDiskAnalyzeTests", dependencies: ["VDiskAnalyze", "VDiskStore"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VDiskStore"]),
         .testTarget(name: "MountTests", dependencies: ["VDiskStore"]),

@@ -4,7 +4,19 @@ import Foundation
 /// Stores a batch of blocks the fast way: zero blocks found without hashing, SHA-256 and
 /// LZ4 spread over every core, dedup and appends serial. Used by import and by the
 /// mount's flusher.
+///
+/// With grouping on (import into a store that takes grouped records), new blocks that lie
+/// close together in the image are compressed together, up to ``groupBytes`` at a time,
+/// into one grouped record: LZ4 finds more to reuse in 32 KiB than in 4 KiB (about 9 %
+/// smaller on the test images), and a sequential read decodes each group once.
 final class BlockEncoder {
+    /// Raw bytes of a grouped record at most (so at most 8 chunks of 4 KiB; blocks of
+    /// 32 KiB and more are never grouped).
+    static let groupBytes = 32 << 10
+    /// Members of a group lie within this many of the group's blocks from its first (so a
+    /// read of a stretch of the image decodes few groups that reach outside it).
+    static let groupSpanFactor = 4
+
     /// Counts of what a batch held.
     struct Tally {
         var zero: UInt64 = 0
@@ -20,20 +32,27 @@ final class BlockEncoder {
     private var hashes: [ChunkHash]
     private var codecs: [Codec]
     private var lengths: [Int]
+    /// Where non-adjacent members of a group are gathered before compression.
+    private let gather: UnsafeMutableRawBufferPointer
+    private let grouping: Bool
     private let workers = max(1, min(8, ProcessInfo.processInfo.activeProcessorCount))
 
-    /// An encoder for batches of up to `capacity` blocks of `blockSize` bytes.
-    init(blockSize: Int, capacity: Int) {
+    /// An encoder for batches of up to `capacity` blocks of `blockSize` bytes; `grouping`
+    /// lets it write grouped records (see above).
+    init(blockSize: Int, capacity: Int, grouping: Bool = false) {
         self.blockSize = blockSize
         self.capacity = capacity
-        bound = Compression.bound(blockSize)
+        self.grouping = grouping && blockSize * 2 <= Self.groupBytes
+        // A group of n members needs 32 (n - 1) + bound(n × blockSize) ≤ n × (bound + 32).
+        bound = Compression.bound(blockSize) + (self.grouping ? 32 : 0)
         packed = .allocate(byteCount: capacity * bound, alignment: 16)
+        gather = .allocate(byteCount: self.grouping ? capacity * blockSize : 0, alignment: 16)
         hashes = Array(repeating: .zero, count: capacity)
         codecs = Array(repeating: .raw, count: capacity)
         lengths = Array(repeating: 0, count: capacity)
     }
 
-    deinit { packed.deallocate() }
+    deinit { packed.deallocate(); gather.deallocate() }
 
     /// Stores `count` consecutive blocks from `blocks`; returns their refs in order.
     func store(_ blocks: UnsafeRawBufferPointer, count: Int, into store: Store, tally: inout Tally) throws -> [ChunkRef] {
@@ -62,27 +81,78 @@ final class BlockEncoder {
             firstInBatch[h] = i
             fresh.append(i)
         }
-        let bound = self.bound, packed = self.packed
+        // Groups: runs of `fresh` (indices into it) compressed together; each group's output
+        // starts at its first member's slot of `packed`.
+        var groups: [Range<Int>] = []
+        let most = grouping ? Self.groupBytes / bs : 1
+        var k = 0
+        while k < fresh.count {
+            var e = k + 1
+            while e < fresh.count, e - k < most, fresh[e] - fresh[k] < most * Self.groupSpanFactor { e += 1 }
+            groups.append(k..<e)
+            k = e
+        }
+        let bound = self.bound, packed = self.packed, gather = self.gather
         codecs.withUnsafeMutableBufferPointer { cp in
             lengths.withUnsafeMutableBufferPointer { lp in
-                DispatchQueue.concurrentPerform(iterations: min(workers, max(fresh.count, 1))) { w in
-                    var k = w
-                    while k < fresh.count {
-                        let out = UnsafeMutableRawBufferPointer(rebasing: packed[(k * bound)..<((k + 1) * bound)])
-                        (cp[k], lp[k]) = Compression.compress(block(fresh[k]), into: out)
-                        k += workers
+                hashes.withUnsafeBufferPointer { hp in
+                    DispatchQueue.concurrentPerform(iterations: min(workers, max(groups.count, 1))) { w in
+                        var g = w
+                        while g < groups.count {
+                            let r = groups[g]
+                            let k0 = r.lowerBound
+                            let out = UnsafeMutableRawBufferPointer(rebasing: packed[(k0 * bound)..<(r.upperBound * bound)])
+                            if r.count == 1 {
+                                (cp[k0], lp[k0]) = Compression.compress(block(fresh[k0]), into: out)
+                            } else {
+                                // Hash table of members 1..., then the members compressed together
+                                // (straight from the batch when they are adjacent there).
+                                let raw: UnsafeRawBufferPointer
+                                if fresh[r.upperBound - 1] - fresh[k0] == r.count - 1 {
+                                    raw = UnsafeRawBufferPointer(rebasing: blocks[(fresh[k0] * bs)..<((fresh[k0] + r.count) * bs)])
+                                } else {
+                                    let dst = UnsafeMutableRawBufferPointer(rebasing: gather[(k0 * bs)..<(r.upperBound * bs)])
+                                    for (m, k) in r.enumerated() { (dst.baseAddress! + m * bs).copyMemory(from: block(fresh[k]).baseAddress!, byteCount: bs) }
+                                    raw = UnsafeRawBufferPointer(dst)
+                                }
+                                (cp[k0], lp[k0]) = GroupEncoding.encode(hashes: r.map { hp[fresh[$0]] }, raw: raw, into: out)
+                            }
+                            g += workers
+                        }
                     }
                 }
             }
         }
-        for (k, i) in fresh.enumerated() {
-            let payload = UnsafeRawBufferPointer(rebasing: packed[(k * bound)..<(k * bound + lengths[k])])
-            refs[i] = try store.storeEncoded(hash: hashes[i], kind: .data, codec: codecs[k], rawLength: bs, payload: payload)
-            tally.new += 1
-            tally.newStoredBytes += UInt64(lengths[k] + PackFormat.recordHeaderSize)
+        for r in groups {
+            let k0 = r.lowerBound
+            let payload = UnsafeRawBufferPointer(rebasing: packed[(k0 * bound)..<(k0 * bound + lengths[k0])])
+            if r.count == 1 {
+                refs[fresh[k0]] = try store.storeEncoded(hash: hashes[fresh[k0]], kind: .data, codec: codecs[k0], rawLength: bs, payload: payload)
+            } else {
+                let members = try store.storeGroup(hashes: r.map { hashes[fresh[$0]] }, codec: codecs[k0],
+                                                   rawLength: r.count * bs, payload: payload)
+                for (m, k) in r.enumerated() { refs[fresh[k]] = members[m] }
+            }
+            tally.new += UInt64(r.count)
+            tally.newStoredBytes += UInt64(lengths[k0] + PackFormat.recordHeaderSize)
         }
         for (i, j) in copies { refs[i] = refs[j] }
         try store.flushIndexIfLarge()
         return refs
+    }
+}
+
+/// The payload of a grouped record (or of a one-chunk record, for a single member).
+enum GroupEncoding {
+    /// Bytes `encode` may write for `members` chunks of `rawLength` bytes in all.
+    static func bound(members: Int, rawLength: Int) -> Int { (members - 1) * 32 + Compression.bound(rawLength) }
+
+    /// Writes the hash table of members 1... (none for one member), then `raw` (the members
+    /// back to back) compressed; returns the codec and the payload length.
+    static func encode(hashes: [ChunkHash], raw: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) -> (Codec, Int) {
+        let table = (hashes.count - 1) * 32
+        for (m, h) in hashes.dropFirst().enumerated() { h.store(to: out.baseAddress! + m * 32) }
+        let (codec, n) = Compression.compress(raw, into: UnsafeMutableRawBufferPointer(rebasing: out[table...]))
+        return (codec, table + n)
     }
 }

@@ -43,10 +43,11 @@ extension Store {
             }
             var j = i + 1
             var bytes = refs[i].location.recordLength
-            while j < refs.count, !refs[j].isZero, refs[j].location.pack == refs[j - 1].location.pack,
-                  Int(refs[j].location.offset) == Int(refs[j - 1].location.offset) + refs[j - 1].location.recordLength,
-                  bytes + refs[j].location.recordLength <= 1 << 20 {
-                bytes += refs[j].location.recordLength
+            while j < refs.count, !refs[j].isZero, refs[j].location.pack == refs[j - 1].location.pack {
+                let (l, prev) = (refs[j].location, refs[j - 1].location)
+                if l.sameRecord(prev) { j += 1; continue }  // another member of the same grouped record
+                guard Int(l.offset) == Int(prev.offset) + prev.recordLength, bytes + l.recordLength <= 1 << 20 else { break }
+                bytes += l.recordLength
                 j += 1
             }
             runs.append(i..<j)
@@ -162,10 +163,18 @@ extension Store {
         }
         let got = buffer.count
         let first = refs[run.lowerBound].location
-        for i in run {
+        var i = run.lowerBound
+        while i < run.upperBound {
             let at = Int(refs[i].location.offset - first.offset)
             // A short read (the pack shrank) leaves a partial or empty record: checked() sends it to the fallback.
             let record = UnsafeRawBufferPointer(rebasing: buffer[min(at, got)..<min(got, at + refs[i].location.recordLength)])
+            if refs[i].location.isGrouped {
+                var j = i + 1
+                while j < run.upperBound && refs[j].location.sameRecord(refs[i].location) { j += 1 }
+                try decodeGroupMembers(refs, i..<j, blockSize: blockSize, record: record, into: output)
+                i = j
+                continue
+            }
             do {
                 let header = try PackReader.checked(record, refs[i], kind: .data)
                 guard header.rawLength == blockSize else {
@@ -182,6 +191,65 @@ extension Store {
                 log("vdiskfs: " + what)
                 throw StoreError.damagedChunk(detail: what)
             }
+            i += 1
+        }
+    }
+
+    /// Decodes the blocks `members` of `refs`, all members of the grouped record `record`:
+    /// the record is checked once and decompressed once, straight into the output when the
+    /// blocks are the whole group in order (as import writes them). A block whose ref does
+    /// not match the record goes the single-record way.
+    private func decodeGroupMembers(_ refs: [ChunkRef], _ members: Range<Int>, blockSize: Int, record: UnsafeRawBufferPointer,
+                                    into output: UnsafeMutableRawBufferPointer) throws {
+        func slot(_ i: Int) -> UnsafeMutableRawBufferPointer {
+            UnsafeMutableRawBufferPointer(rebasing: output[(i * blockSize)..<((i + 1) * blockSize)])
+        }
+        let i0 = members.lowerBound
+        let header: PackFormat.RecordHeader
+        do {
+            header = try PackReader.checked(record, refs[i0], kind: .data)
+            guard header.memberLength == blockSize else {
+                throw PackReader.Failure.damaged("\(PackReader.describe(refs[i0], .data)) has the wrong length")
+            }
+        } catch PackReader.Failure.notThere {
+            for i in members { guard try readBlock(refs[i], into: slot(i)) == blockSize else {
+                throw StoreError.damagedChunk(detail: "chunk \(refs[i].hash.short) has the wrong length") } }
+            return
+        } catch PackReader.Failure.damaged(let what) {
+            log("vdiskfs: " + what)
+            throw StoreError.damagedChunk(detail: what)
+        }
+        // The crc covered the whole record: each other member only needs its identity checked.
+        var matching: [Int] = []
+        var inOrder = members.count == header.memberCount
+        for i in members {
+            let l = refs[i].location
+            if l.lengthField & 0xF0FF_FFFF == refs[i0].location.lengthField & 0xF0FF_FFFF,
+               PackFormat.memberHash(record.baseAddress!, header, l.member) == refs[i].hash {
+                matching.append(i)
+                if l.member != i - i0 { inOrder = false }
+            } else {
+                inOrder = false
+                guard try readBlock(refs[i], into: slot(i)) == blockSize else {
+                    throw StoreError.damagedChunk(detail: "chunk \(refs[i].hash.short) has the wrong length")
+                }
+            }
+        }
+        do {
+            if inOrder {
+                try PackReader.decodeGroup(record, header, refs[i0],
+                                           into: UnsafeMutableRawBufferPointer(rebasing: output[(i0 * blockSize)..<(members.upperBound * blockSize)]))
+                return
+            }
+            try withUnsafeTemporaryAllocation(byteCount: header.rawLength, alignment: 16) { group in
+                try PackReader.decodeGroup(record, header, refs[i0], into: group)
+                for i in matching {
+                    slot(i).copyMemory(from: UnsafeRawBufferPointer(rebasing: group[(refs[i].location.member * blockSize)...].prefix(blockSize)))
+                }
+            }
+        } catch PackReader.Failure.damaged(let what) {
+            log("vdiskfs: " + what)
+            throw StoreError.damagedChunk(detail: what)
         }
     }
 }

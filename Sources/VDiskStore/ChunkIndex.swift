@@ -16,7 +16,8 @@ import SystemPackage
 final class ChunkIndex: @unchecked Sendable {
     static let pageSize = 4096
     static let bucketHeader = 8
-    /// Entry: the first 20 bytes of the hash, pack u32, offset u32, stored length u32.
+    /// Entry: the first 20 bytes of the hash, pack u32, offset u32, length field u32 (stored
+    /// length and group member, see ``ChunkLocation``).
     /// 160 bits of SHA-256 keep accidental and deliberate collisions out of reach (2^80 work).
     static let entrySize = 32
     static let bucketCapacity = (pageSize - bucketHeader) / entrySize  // 127
@@ -182,7 +183,7 @@ final class ChunkIndex: @unchecked Sendable {
     static func entryLocation(_ e: UnsafeRawPointer) -> ChunkLocation {
         ChunkLocation(pack: UInt64(UInt32(littleEndian: e.loadUnaligned(fromByteOffset: 20, as: UInt32.self))),
                       offset: UInt32(littleEndian: e.loadUnaligned(fromByteOffset: 24, as: UInt32.self)),
-                      storedLength: UInt32(littleEndian: e.loadUnaligned(fromByteOffset: 28, as: UInt32.self)))
+                      lengthField: UInt32(littleEndian: e.loadUnaligned(fromByteOffset: 28, as: UInt32.self)))
     }
 
     /// The top 64 bits of the hash an entry holds (enough to choose its bucket).
@@ -196,7 +197,7 @@ final class ChunkIndex: @unchecked Sendable {
         e.storeBytes(of: UInt32(truncatingIfNeeded: h.w2 >> 32).bigEndian, toByteOffset: 16, as: UInt32.self)
         e.storeBytes(of: UInt32(l.pack).littleEndian, toByteOffset: 20, as: UInt32.self)
         e.storeBytes(of: l.offset.littleEndian, toByteOffset: 24, as: UInt32.self)
-        e.storeBytes(of: l.storedLength.littleEndian, toByteOffset: 28, as: UInt32.self)
+        e.storeBytes(of: l.lengthField.littleEndian, toByteOffset: 28, as: UInt32.self)
     }
 
     // MARK: public operations

@@ -37,4 +37,24 @@ public enum Compression {
             return Int(n) == output.count
         }
     }
+
+    /// Decodes the first `output.count` bytes of a payload whose whole raw length is
+    /// `rawLength` (a member of a grouped record without decoding the members after it);
+    /// false when the payload is malformed.
+    public static func decompressPrefix(_ codec: Codec, _ input: UnsafeRawBufferPointer, rawLength: Int,
+                                        into output: UnsafeMutableRawBufferPointer) -> Bool {
+        guard output.count <= rawLength else { return false }
+        switch codec {
+        case .raw:
+            guard input.count == rawLength else { return false }
+            if output.count > 0 { output.baseAddress!.copyMemory(from: input.baseAddress!, byteCount: output.count) }
+            return true
+        case .lz4:
+            if output.count == 0 { return true }
+            let n = LZ4_decompress_safe_partial(input.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                                output.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                                Int32(input.count), Int32(output.count), Int32(output.count))
+            return Int(n) == output.count
+        }
+    }
 }

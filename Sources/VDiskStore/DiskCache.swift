@@ -205,6 +205,8 @@ public final class DiskCache: @unchecked Sendable {
     /// a miss or when a damaged entry was dropped. What `body` throws is passed on.
     func withRecord<T>(for ref: ChunkRef, kind: RecordKind,
                        _ body: (UnsafeRawBufferPointer, PackFormat.RecordHeader) throws -> T) rethrows -> T? {
+        // Records of one chunk only: a member of a grouped record is always a miss.
+        guard !ref.location.isGrouped else { return nil }
         let stored = Int(ref.location.storedLength)
         let found: Index.Found? = state.withLock { s in
             // A different stored length (the record was re-encoded) is a miss: the insert
@@ -309,7 +311,7 @@ public final class DiskCache: @unchecked Sendable {
     @discardableResult
     public func insert(_ ref: ChunkRef, kind: RecordKind, record: UnsafeRawBufferPointer) -> Bool {
         let stored = Int(ref.location.storedLength)
-        guard !ref.isZero, stored <= maxStoredLength, (try? PackReader.checked(record, ref, kind: kind)) != nil else {
+        guard !ref.isZero, !ref.location.isGrouped, stored <= maxStoredLength, (try? PackReader.checked(record, ref, kind: kind)) != nil else {
             state.withLock { $0.stats.skipped += 1 }
             return false
         }

@@ -1,7 +1,8 @@
 import SystemPackage
 
 /// What file-system-aware import knows about a disk image: which of its blocks hold no
-/// data (free in a file system's bitmap), so they are stored as zero blocks. The same file
+/// data (free in a file system's bitmap, or the log area of a clean journal), so they are
+/// stored as zero blocks. The same file
 /// system dedups across disk layouts because each partition starts on a block boundary.
 public struct DiskLayout: Sendable {
     /// One bit per image block, set when the block is free.
@@ -34,7 +35,10 @@ public struct DiskLayout: Sendable {
             do {
                 let fs = try Ext4Bitmap(disk, base: p.offset, length: p.length)
                 layout.mark(fs, base: p.offset)
-                layout.notes.append("\(p.label): ext file system, \(fs.freeBlocks) of \(fs.blockCount) blocks free")
+                var note = "\(p.label): ext file system, \(fs.freeBlocks) of \(fs.blockCount) blocks free"
+                if fs.journalBlocks > 0 { note += ", \(fs.journalBlocks) more in its clean journal's log" }
+                if let why = fs.journalKept { note += "; journal kept as it is: \(why)" }
+                layout.notes.append(note)
             } catch Ext4Bitmap.Problem.notExt {
                 if !parts.isEmpty { layout.notes.append("\(p.label): no known file system; stored raw") }
             } catch {

@@ -1,7 +1,7 @@
 import CSupport
 
 /// Which blocks of an ext2/ext3/ext4 file system are free, from its superblock, group
-/// descriptors and block bitmaps. Only used when everything validates: a clean file system
+/// descriptors and block bitmaps, plus the log area of a clean journal (``Ext4Journal``). Only used when everything validates: a clean file system
 /// (no journal recovery pending), sane geometry, and with metadata_csum, bitmaps whose
 /// checksums match. Groups whose bitmap is not initialised (BLOCK_UNINIT) count as used
 /// (their blocks are zeros or metadata; nothing is lost by storing them).
@@ -10,7 +10,12 @@ struct Ext4Bitmap {
     let blockCount: UInt64
     /// One bit per file-system block, set when the block is free.
     private(set) var free: [UInt64]
+    /// Blocks the bitmaps mark free.
     let freeBlocks: UInt64
+    /// Blocks of a clean journal's log area (also set in `free`: see ``Ext4Journal``).
+    let journalBlocks: UInt64
+    /// Why a journal's log area is stored as it is, when it is.
+    let journalKept: String?
 
     enum Problem: Error, CustomStringConvertible {
         case notExt, invalid(String)
@@ -88,10 +93,23 @@ struct Ext4Bitmap {
         guard freeCount <= sbFree + sbFree / 10 + 1024 else {
             throw Problem.invalid("the bitmaps mark \(freeCount) blocks free, the superblock \(sbFree)")
         }
+        // A clean journal's log area holds nothing anyone reads again.
+        let journal = Ext4Journal(disk, superblock: sb, geometry: .init(
+            base: base, blockSize: bs, blockCount: count, firstDataBlock: firstData,
+            groupDescriptors: gdt, descriptorSize: descSize, is64Bit: is64))
+        var journalCount: UInt64 = 0
+        for run in journal.logExtents {
+            for b in run.first..<(run.first + run.count) where (free[Int(b >> 6)] >> (b & 63)) & 1 == 0 {
+                free[Int(b >> 6)] |= 1 << (b & 63)
+                journalCount += 1
+            }
+        }
         blockSize = bs
         blockCount = count
         self.free = free
         freeBlocks = freeCount
+        journalBlocks = journalCount
+        journalKept = journal.keptBecause
     }
 }
 

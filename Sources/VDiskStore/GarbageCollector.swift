@@ -24,9 +24,10 @@ public struct CollectionPlan: Codable, Sendable {
 /// 1. Mark: every record reachable from the committed namespace, the snapshot table and
 ///    every snapshot: namespaces, tree nodes, chunks. (Memory: one hash per live record.)
 /// 2. Plan: per pack, the bytes of records that are live *at that location* (a chunk stored
-///    twice lives once). Packs with nothing live are deleted; packs below `threshold` live
+///    twice lives once; a grouped record counts its live members' share). Packs with nothing live are deleted; packs below `threshold` live
 ///    are rewritten.
-/// 3. Execute: copy live records of rewritten packs into new packs and fsync them; point the
+/// 3. Execute: copy live records of rewritten packs into new packs (a grouped record with
+///    dead members: its live members, decoded and encoded again) and fsync them; point the
 ///    index at the copies; commit (a fresh root and snapshot table); then delete the old
 ///    packs. A crash at any step leaves a store that opens and verifies: new packs not yet
 ///    indexed are orphans for the next gc, and old packs go only after the index moved.
@@ -65,7 +66,10 @@ public enum GarbageCollector {
         for pack in numbers {
             var liveBytes: Int64 = 0
             let (_, length) = try PackScanner.scan(store.backend, pack: pack, withPayloads: false) { rec in
-                if isLive(rec.ref, store: store, live: live) { liveBytes += Int64(rec.ref.location.recordLength) }
+                // (A grouped record counts its live members' share: execute keeps only those.)
+                let n = rec.members.count == 1 ? (isLive(rec.ref, store: store, live: live) ? 1 : 0)
+                    : rec.members.reduce(0) { $0 + (isLive($1, store: store, live: live) ? 1 : 0) }
+                liveBytes += Int64(rec.ref.location.recordLength * n / rec.members.count)
             }
             let name = PackFormat.fileName(pack)
             if liveBytes == 0 {
@@ -135,10 +139,17 @@ public enum GarbageCollector {
         var done: Int64 = 0
         for pack in rewrite {
             try PackScanner.scan(store.backend, pack: pack, withPayloads: true) { rec in
-                guard rec.checksumOK, isLive(rec.ref, store: store, live: live) else { return }
-                let payload = UnsafeRawBufferPointer(rebasing: rec.bytes[PackFormat.recordHeaderSize...])
-                let loc = try store.appendCopy(kind: rec.kind, hash: rec.ref.hash, codec: rec.codec, rawLength: rec.rawLength, payload: payload)
-                moved.append((rec.ref.hash, loc))
+                let liveMembers = rec.members.filter { isLive($0, store: store, live: live) }
+                guard rec.checksumOK, !liveMembers.isEmpty else { return }
+                if liveMembers.count < rec.members.count {
+                    // A grouped record with dead members: its live ones are encoded again, alone.
+                    moved += try store.copyLiveMembers(rec, liveMembers)
+                } else {
+                    let payload = UnsafeRawBufferPointer(rebasing: rec.bytes[PackFormat.recordHeaderSize...])
+                    let loc = try store.appendCopy(kind: rec.kind, hash: rec.ref.hash, codec: rec.codec, rawLength: rec.rawLength,
+                                                   payload: payload, members: rec.members.count)
+                    for m in liveMembers { moved.append((m.hash, loc.withMember(m.location.member))) }
+                }
                 done += Int64(rec.ref.location.recordLength)
                 progress?(done, plan.liveBytesToMove)
             }
@@ -162,8 +173,32 @@ public enum GarbageCollector {
 
 extension Store {
     /// Appends an already-encoded record (garbage collection's copies). Not deduplicated.
-    func appendCopy(kind: RecordKind, hash: ChunkHash, codec: Codec, rawLength: Int, payload: UnsafeRawBufferPointer) throws -> ChunkLocation {
-        try withWriter { w in try w.append(kind: kind, hash: hash, codec: codec, rawLength: rawLength, payload: payload) }
+    func appendCopy(kind: RecordKind, hash: ChunkHash, codec: Codec, rawLength: Int, payload: UnsafeRawBufferPointer,
+                    members: Int = 1) throws -> ChunkLocation {
+        try withWriter { w in try w.append(kind: kind, hash: hash, codec: codec, rawLength: rawLength, payload: payload, members: members) }
+    }
+
+    /// Decodes grouped record `rec` (scanned with its payload) and appends its `live`
+    /// members again, as one smaller group or a record of their own; returns where each went.
+    func copyLiveMembers(_ rec: PackScanner.Record, _ live: [ChunkRef]) throws -> [(ChunkHash, ChunkLocation)] {
+        let length = rec.rawLength / rec.members.count
+        return try withUnsafeTemporaryAllocation(byteCount: rec.rawLength + live.count * length, alignment: 16) { buf in
+            let all = UnsafeMutableRawBufferPointer(rebasing: buf[0..<rec.rawLength])
+            guard Compression.decompress(rec.codec, UnsafeRawBufferPointer(rebasing: rec.bytes[rec.encodedStart...]), into: all) else {
+                throw StoreError.damagedChunk(detail: "\(PackReader.describe(rec.ref, .data)) does not decompress")
+            }
+            let kept = UnsafeMutableRawBufferPointer(rebasing: buf[rec.rawLength...])
+            for (k, m) in live.enumerated() {
+                (kept.baseAddress! + k * length).copyMemory(from: all.baseAddress! + m.location.member * length, byteCount: length)
+            }
+            let raw = UnsafeRawBufferPointer(rebasing: kept[0..<(live.count * length)])
+            return try withUnsafeTemporaryAllocation(byteCount: GroupEncoding.bound(members: live.count, rawLength: raw.count), alignment: 16) { out in
+                let (codec, n) = GroupEncoding.encode(hashes: live.map(\.hash), raw: raw, into: out)
+                let loc = try appendCopy(kind: .data, hash: live[0].hash, codec: codec, rawLength: raw.count,
+                                         payload: UnsafeRawBufferPointer(rebasing: out[0..<n]), members: live.count)
+                return live.enumerated().map { k, m in (m.hash, loc.withMember(k)) }
+            }
+        }
     }
 
     /// Makes every appended record durable.

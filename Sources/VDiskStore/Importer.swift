@@ -98,7 +98,7 @@ public enum Importer {
         let buffers = [UnsafeMutableRawBufferPointer.allocate(byteCount: perBatch * blockSize, alignment: 4096),
                        UnsafeMutableRawBufferPointer.allocate(byteCount: perBatch * blockSize, alignment: 4096)]
         defer { buffers.forEach { $0.deallocate() } }
-        let encoder = BlockEncoder(blockSize: blockSize, capacity: perBatch)
+        let encoder = BlockEncoder(blockSize: blockSize, capacity: perBatch, grouping: store.writesGroups)
         var tally = BlockEncoder.Tally()
         let readQueue = DispatchQueue(label: "vdiskfs.import.read")
 

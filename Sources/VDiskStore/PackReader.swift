@@ -24,13 +24,14 @@ final class PackReader: @unchecked Sendable {
     func closeAll() { backend.forgetOpenPacks() }
 
     /// Reads the record at `ref.location`, checks its crc32c and that it holds `ref.hash`,
-    /// and decodes its payload into `output` (which must hold the raw length); returns the raw length.
+    /// and decodes its payload (a grouped record: the member `ref` names) into `output`
+    /// (which must hold the raw length); returns the raw length.
     func read(_ ref: ChunkRef, kind: RecordKind, into output: UnsafeMutableRawBufferPointer) throws -> Int {
         try withRecord(ref, kind: kind) { record in
             let header = try Self.checked(record, ref, kind: kind)
-            guard header.rawLength <= output.count else { throw Failure.damaged("\(Self.describe(ref, kind)) is longer than expected") }
-            try Self.decode(record, header, ref, kind, into: UnsafeMutableRawBufferPointer(rebasing: output[0..<header.rawLength]))
-            return header.rawLength
+            guard header.memberLength <= output.count else { throw Failure.damaged("\(Self.describe(ref, kind)) is longer than expected") }
+            try Self.decode(record, header, ref, kind, into: UnsafeMutableRawBufferPointer(rebasing: output[0..<header.memberLength]))
+            return header.memberLength
         }
     }
 
@@ -47,7 +48,8 @@ final class PackReader: @unchecked Sendable {
 
     /// Reads the whole record `ref` names into a temporary buffer for `body`.
     private func withRecord<T>(_ ref: ChunkRef, kind: RecordKind, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
-        if let cache = diskCache, let hit = try cache.withRecord(for: ref, kind: kind, { record, _ in try body(record) }) {
+        // (The disk cache keeps records of one chunk only: see DiskCache.)
+        if let cache = diskCache, !ref.location.isGrouped, let hit = try cache.withRecord(for: ref, kind: kind, { record, _ in try body(record) }) {
             return hit
         }
         let length = ref.location.recordLength
@@ -59,17 +61,19 @@ final class PackReader: @unchecked Sendable {
             let bytes = UnsafeRawBufferPointer(rebasing: record[0..<n])
             let result = try body(bytes)
             // Only a record that checked out is cached.
-            if let cache = diskCache { _ = cache.insert(ref, kind: kind, record: bytes) }
+            if let cache = diskCache, !ref.location.isGrouped { _ = cache.insert(ref, kind: kind, record: bytes) }
             return result
         }
     }
 
     /// The one check of a record read from a pack, for every read path: it must be whole and
-    /// hold `ref.hash` with `ref`'s length (else the location is stale: `notThere`), be of
+    /// hold `ref.hash` with `ref`'s length (for a member of a grouped record: at `ref`'s
+    /// position in a group of `ref`'s size; else the location is stale: `notThere`), be of
     /// `kind` and pass its crc32c (else it is damaged).
     static func checked(_ record: UnsafeRawBufferPointer, _ ref: ChunkRef, kind: RecordKind) throws -> PackFormat.RecordHeader {
         guard record.count == ref.location.recordLength, let header = PackFormat.loadRecordHeader(record.baseAddress!),
-              header.hash == ref.hash, header.storedLength == Int(ref.location.storedLength)
+              header.storedLength == Int(ref.location.storedLength), header.memberCount == ref.location.memberCount,
+              PackFormat.memberHash(record.baseAddress!, header, ref.location.member) == ref.hash
         else { throw Failure.notThere }
         guard header.kind == kind else { throw Failure.damaged("\(describe(ref, header.kind)) has the wrong kind") }
         guard PackFormat.recordChecksumMatches(record, header: header) else {
@@ -78,16 +82,39 @@ final class PackReader: @unchecked Sendable {
         return header
     }
 
-    /// Decodes a checked record's payload into exactly `output.count` bytes.
+    /// Decodes a checked record's payload into exactly `output.count` bytes: the whole
+    /// record, or for a grouped record the member `ref` names (only the members up to it
+    /// are decompressed).
     static func decode(_ record: UnsafeRawBufferPointer, _ header: PackFormat.RecordHeader, _ ref: ChunkRef, _ kind: RecordKind,
                        into output: UnsafeMutableRawBufferPointer) throws {
-        guard Compression.decompress(header.codec, UnsafeRawBufferPointer(rebasing: record[PackFormat.recordHeaderSize...]), into: output) else {
-            throw Failure.damaged("\(describe(ref, kind)) does not decompress")
+        let payload = UnsafeRawBufferPointer(rebasing: record[header.encodedStart...])
+        if header.memberCount == 1 {
+            guard Compression.decompress(header.codec, payload, into: output) else {
+                throw Failure.damaged("\(describe(ref, kind)) does not decompress")
+            }
+            return
+        }
+        let m = ref.location.member, length = header.memberLength
+        guard output.count == length else { throw Failure.damaged("\(describe(ref, kind)) has the wrong length") }
+        let ok = withUnsafeTemporaryAllocation(byteCount: (m + 1) * length, alignment: 16) { group -> Bool in
+            guard Compression.decompressPrefix(header.codec, payload, rawLength: header.rawLength, into: group) else { return false }
+            output.baseAddress!.copyMemory(from: group.baseAddress! + m * length, byteCount: length)
+            return true
+        }
+        guard ok else { throw Failure.damaged("\(describe(ref, kind)) does not decompress") }
+    }
+
+    /// Decodes every member of a checked grouped record into `output` (the raw length).
+    static func decodeGroup(_ record: UnsafeRawBufferPointer, _ header: PackFormat.RecordHeader, _ ref: ChunkRef,
+                            into output: UnsafeMutableRawBufferPointer) throws {
+        guard Compression.decompress(header.codec, UnsafeRawBufferPointer(rebasing: record[header.encodedStart...]), into: output) else {
+            throw Failure.damaged("\(describe(ref, .data)) does not decompress")
         }
     }
 
     static func describe(_ ref: ChunkRef, _ kind: RecordKind) -> String {
         "\(kind == .data ? "chunk" : kind == .tree ? "tree node" : "record") \(ref.hash.short) in pack \(PackFormat.fileName(ref.location.pack)) at offset \(ref.location.offset)"
+            + (ref.location.isGrouped ? " (member \(ref.location.member) of \(ref.location.memberCount))" : "")
     }
 }
 
@@ -96,10 +123,16 @@ final class PackReader: @unchecked Sendable {
 struct PackScanner {
     /// One record met by the scan.
     struct Record {
+        /// The record's header hash (member 0's, for a grouped record) and its location.
         var ref: ChunkRef
         var kind: RecordKind
         var codec: Codec
         var rawLength: Int
+        /// Every chunk the record holds, with its own location: `[ref]`, or one per member
+        /// of a grouped record.
+        var members: [ChunkRef]
+        /// Where the encoded payload starts in `bytes` (after a group's hash table).
+        var encodedStart: Int
         /// Header and payload bytes (only when the scan was asked for payloads).
         var bytes: UnsafeRawBufferPointer
         var checksumOK: Bool
@@ -147,6 +180,16 @@ struct PackScanner {
             guard let h = PackFormat.loadRecordHeader(hp) else { break }
             let recLen = PackFormat.recordHeaderSize + h.storedLength
             guard offset + Int64(recLen) <= length else { break }
+            var members: [ChunkRef]
+            if h.memberCount > 1 {
+                guard try fill(h.encodedStart) else { break }
+                let p = buf.baseAddress! + Int(offset - bufStart)
+                let first = ChunkLocation(pack: pack, offset: UInt32(offset), groupStoredLength: UInt32(h.storedLength),
+                                          member: 0, of: h.memberCount)
+                members = (0..<h.memberCount).map { ChunkRef(hash: PackFormat.memberHash(p, h, $0), location: first.withMember($0)) }
+            } else {
+                members = []
+            }
             var ok = true
             var bytes = UnsafeRawBufferPointer(start: nil, count: 0)
             if withPayloads {
@@ -155,7 +198,9 @@ struct PackScanner {
                 ok = PackFormat.recordChecksumMatches(bytes, header: h)
             }
             let ref = ChunkRef(hash: h.hash, location: ChunkLocation(pack: pack, offset: UInt32(offset), storedLength: UInt32(h.storedLength)))
-            try body(Record(ref: ref, kind: h.kind, codec: h.codec, rawLength: h.rawLength, bytes: bytes, checksumOK: ok))
+            if members.isEmpty { members = [ref] }
+            try body(Record(ref: ref, kind: h.kind, codec: h.codec, rawLength: h.rawLength, members: members,
+                            encodedStart: h.encodedStart, bytes: bytes, checksumOK: ok))
             offset += Int64(recLen)
         }
         return (offset, length)

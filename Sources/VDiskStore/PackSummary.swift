@@ -6,7 +6,8 @@ import CSupport
 /// is still read and verified by its own record headers.
 ///
 /// Encoding: `"VDISKPS1" | pack u64 | count u32 | count × (hash 32 | kind u8 | offset u32 |
-/// stored length u32) | crc32c u32`.
+/// length field u32) | crc32c u32`, one entry per chunk (each member of a grouped record has
+/// its own, with the member in its length field: see ``ChunkLocation``).
 struct PackSummary {
     struct Entry: Equatable {
         var hash: ChunkHash
@@ -31,7 +32,7 @@ struct PackSummary {
             w.hash(e.hash)
             w.u8(e.kind.rawValue)
             w.u32(e.location.offset)
-            w.u32(e.location.storedLength)
+            w.u32(e.location.lengthField)
         }
         let crc = w.bytes.withUnsafeBytes { crc32c($0) }
         w.u32(crc)
@@ -59,7 +60,7 @@ struct PackSummary {
             guard let kind = RecordKind(rawValue: try r.u8()) else { throw StoreError.corruptStore(detail: "\(what) names an unknown record kind") }
             let offset = try r.u32()
             let length = try r.u32()
-            s.add(hash: h, kind: kind, location: ChunkLocation(pack: pack, offset: offset, storedLength: length))
+            s.add(hash: h, kind: kind, location: ChunkLocation(pack: pack, offset: offset, lengthField: length))
         }
         return s
     }

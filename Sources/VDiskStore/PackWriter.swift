@@ -42,9 +42,11 @@ final class PackWriter {
     /// The pack records are currently appended to, if one is open.
     var openPack: UInt64? { output == nil ? nil : currentPack }
 
-    /// Appends a record whose payload is already encoded; returns where it lives.
+    /// Appends a record whose payload is already encoded; returns where it lives (for a
+    /// grouped record of `members` chunks, whose payload starts with the hash table: the
+    /// record's own location; ``ChunkLocation/withMember(_:)`` gives each member's).
     func append(kind: RecordKind, hash: ChunkHash, codec: Codec, rawLength: Int,
-                payload: UnsafeRawBufferPointer) throws -> ChunkLocation {
+                payload: UnsafeRawBufferPointer, members: Int = 1) throws -> ChunkLocation {
         let length = PackFormat.recordHeaderSize + payload.count
         if output == nil || (written + Int64(buffered) + Int64(length) > Int64(targetSize) && written + Int64(buffered) > Int64(PackFormat.headerSize)) {
             try startPack()
@@ -56,18 +58,28 @@ final class PackWriter {
             var record = [UInt8](repeating: 0, count: length)
             record.withUnsafeMutableBytes { r in
                 PackFormat.storeRecordHeader(to: r.baseAddress!, kind: kind, codec: codec, rawLength: rawLength,
-                                             hash: hash, payload: payload)
+                                             hash: hash, payload: payload, members: members)
                 (r.baseAddress! + PackFormat.recordHeaderSize).copyMemory(from: payload.baseAddress!, byteCount: payload.count)
             }
             try record.withUnsafeBytes { (r) throws in try output!.write(r, at: offset) }
             written += Int64(length)
         } else {
             let p = buffer.baseAddress! + buffered
-            PackFormat.storeRecordHeader(to: p, kind: kind, codec: codec, rawLength: rawLength, hash: hash, payload: payload)
+            PackFormat.storeRecordHeader(to: p, kind: kind, codec: codec, rawLength: rawLength, hash: hash, payload: payload,
+                                         members: members)
             if payload.count > 0 {
                 (p + PackFormat.recordHeaderSize).copyMemory(from: payload.baseAddress!, byteCount: payload.count)
             }
             buffered += length
+        }
+        if members > 1 {
+            let location = ChunkLocation(pack: currentPack, offset: UInt32(offset), groupStoredLength: UInt32(payload.count),
+                                         member: 0, of: members)
+            summary?.add(hash: hash, kind: kind, location: location)
+            for m in 1..<members {
+                summary?.add(hash: ChunkHash(bytes: payload.baseAddress! + (m - 1) * 32), kind: kind, location: location.withMember(m))
+            }
+            return location
         }
         let location = ChunkLocation(pack: currentPack, offset: UInt32(offset), storedLength: UInt32(payload.count))
         summary?.add(hash: hash, kind: kind, location: location)

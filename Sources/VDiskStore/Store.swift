@@ -43,7 +43,17 @@ public final class Store: @unchecked Sendable {
     private var uncommitted: [UInt64: Int64] = [:]
 
     public static let configName = "vdiskfs.json"
-    public static let formatVersion = 1
+    /// The format `init` writes: 2 (grouped data records allowed). Version 1 stores (no
+    /// grouped records) are read and written as they are, and stay readable by older vdiskfs.
+    public static let formatVersion = 2
+    /// Every store format this vdiskfs reads.
+    public static let readableFormatVersions = 1...2
+    /// This store's format version (from its configuration).
+    public private(set) var formatVersion = Store.formatVersion
+    /// Whether import may write grouped data records here: format 2, and a directory store
+    /// (a shared store's readers fetch whole records from afar, and the disk cache keeps
+    /// one-chunk records only, so there every chunk keeps a record of its own).
+    var writesGroups: Bool { formatVersion >= 2 && !backend.isShared }
     /// Packs are sealed when they pass this size.
     public static let packTargetSize = 32 << 20
 
@@ -64,7 +74,7 @@ public final class Store: @unchecked Sendable {
         let store = Store(backend: backend, access: .readWrite, storeID: id, lock: try backend.lock(.exclusive, purpose: "init"),
                           index: try ChunkIndex.open(path: indexPath(backend)).0)
         try store.commit(Namespace())
-        let config = "{\"format\": \"vdiskfs\", \"version\": \(formatVersion), \"id\": \"\(id.map { String(format: "%02x", $0) }.joined())\", \"pack_target_size\": \(packTargetSize)}\n"
+        let config = "{\"format\": \"vdiskfs\", \"version\": \(Store.formatVersion), \"id\": \"\(id.map { String(format: "%02x", $0) }.joined())\", \"pack_target_size\": \(packTargetSize)}\n"
         try backend.writeConfig(Array(config.utf8))
         store.close()
     }
@@ -107,7 +117,7 @@ public final class Store: @unchecked Sendable {
 
     /// Opens the store kept by `backend`, taking its lock in `lockMode`.
     public static func open(backend: StoreBackend, access: Access, lockMode: StoreLockMode, purpose: String) throws -> Store {
-        let storeID = try parseConfig(try backend.readConfig())
+        let (storeID, version) = try parseConfig(try backend.readConfig())
         let lock = try backend.lock(lockMode, purpose: purpose)
         let indexPath = indexPath(backend)
         let (index, torn): (ChunkIndex, Bool)
@@ -128,18 +138,19 @@ public final class Store: @unchecked Sendable {
             }
         }
         let store = Store(backend: backend, access: access, storeID: storeID, lock: lock, index: index)
+        store.formatVersion = version
         if access == .readWrite { try store.catchUpIndex(rebuild: torn) }
         try store.loadRoot()
         return store
     }
 
-    private static func parseConfig(_ bytes: [UInt8]) throws -> [UInt8] {
+    private static func parseConfig(_ bytes: [UInt8]) throws -> (id: [UInt8], version: Int) {
         guard let obj = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any],
               obj["format"] as? String == "vdiskfs" else {
             throw StoreError.corruptStore(detail: "\(configName) is not a vdiskfs configuration")
         }
-        guard let v = obj["version"] as? Int, v == formatVersion else {
-            throw StoreError.corruptStore(detail: "store format version \(obj["version"] ?? "?") is not supported (this vdiskfs reads \(formatVersion))")
+        guard let v = obj["version"] as? Int, readableFormatVersions.contains(v) else {
+            throw StoreError.corruptStore(detail: "store format version \(obj["version"] ?? "?") is not supported (this vdiskfs reads \(readableFormatVersions.lowerBound) to \(readableFormatVersions.upperBound))")
         }
         guard let hex = obj["id"] as? String, hex.count == 32 else { throw StoreError.corruptStore(detail: "\(configName) has no store id") }
         var id: [UInt8] = []
@@ -150,7 +161,7 @@ public final class Store: @unchecked Sendable {
             id.append(b)
             i = j
         }
-        return id
+        return (id, v)
     }
 
     /// The root: `"VDISKRT1" | version u32 | generation u64 | time i64 | namespace ChunkRef |
@@ -194,7 +205,8 @@ public final class Store: @unchecked Sendable {
         }
         if backend.isShared { return 0 }
         let (end, _) = try PackScanner.scan(backend, pack: pack, withPayloads: true) { (rec) throws in
-            if rec.checksumOK && index.lookup(rec.ref.hash) == nil { index.insert(rec.ref.hash, rec.ref.location) }
+            guard rec.checksumOK else { return }
+            for m in rec.members where index.lookup(m.hash) == nil { index.insert(m.hash, m.location) }
         }
         return end
     }
@@ -380,6 +392,22 @@ public final class Store: @unchecked Sendable {
         noteAppend(w, loc)
         index.insert(hash, loc)
         return ChunkRef(hash: hash, location: loc)
+    }
+
+    /// Stores chunks of equal length as one grouped record whose payload (hash table, then
+    /// the encoded members) the caller built; returns each member's ref. A member the index
+    /// already has (another writer stored it meanwhile) keeps its existing record.
+    func storeGroup(hashes: [ChunkHash], codec: Codec, rawLength: Int, payload: UnsafeRawBufferPointer) throws -> [ChunkRef] {
+        precondition(hashes.count >= 2)
+        writeLock.lock(); defer { writeLock.unlock() }
+        let w = try requireWriter()
+        let loc = try w.append(kind: .data, hash: hashes[0], codec: codec, rawLength: rawLength, payload: payload, members: hashes.count)
+        noteAppend(w, loc)
+        return hashes.enumerated().map { m, h in
+            if let existing = index.lookup(h) { return ChunkRef(hash: h, location: existing) }
+            index.insert(h, loc.withMember(m))
+            return ChunkRef(hash: h, location: loc.withMember(m))
+        }
     }
 
     /// Runs `body` with the pack writer, under the write lock; appends are noted for rollback.

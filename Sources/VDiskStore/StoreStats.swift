@@ -77,7 +77,7 @@ extension Store {
             try PackScanner.scan(backend, pack: pack, withPayloads: false) { rec in
                 switch rec.kind {
                 case .data:
-                    s.uniqueChunks += 1
+                    s.uniqueChunks += Int64(rec.members.count)
                     s.chunkRawBytes += Int64(rec.rawLength)
                     s.chunkStoredBytes += Int64(rec.ref.location.recordLength)
                 case .tree: s.treeNodes += 1
@@ -121,8 +121,10 @@ extension Store {
                 for r in refs ?? [] where !r.isZero {
                     u.allocatedBytes += Int64(img.blockSize)
                     if seen.insert(r.location).inserted {
-                        u.storedBytes += Int64(r.location.recordLength)
-                        if owner[r.location] == Int32(me) { u.uniqueBytes += Int64(r.location.recordLength) }
+                        // A member of a grouped record counts for its share of the record.
+                        let share = Int64(r.location.recordLength / r.location.memberCount)
+                        u.storedBytes += share
+                        if owner[r.location] == Int32(me) { u.uniqueBytes += share }
                     }
                 }
                 return true

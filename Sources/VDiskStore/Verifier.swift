@@ -41,19 +41,25 @@ public enum Verifier {
                 scanned = try PackScanner.scan(store.backend, pack: pack, withPayloads: true) { rec in
                     report.records += 1
                     let what = "pack \(file) offset \(rec.ref.location.offset) \(rec.kind) \(rec.ref.hash.short)"
+                        + (rec.members.count > 1 ? " (a group of \(rec.members.count) chunks)" : "")
                     guard rec.checksumOK else {
                         report.damagedChunks.append("\(what): checksum mismatch")
-                        damaged.insert(rec.ref.location)
+                        for m in rec.members { damaged.insert(m.location) }
                         return
                     }
-                    let ok = scratch.withUnsafeMutableBytes { out -> Bool in
+                    // Every chunk re-hashed: each member of a grouped record against its own hash.
+                    let bad = scratch.withUnsafeMutableBytes { out -> [ChunkRef] in
                         let o = UnsafeMutableRawBufferPointer(rebasing: out[0..<rec.rawLength])
-                        guard Compression.decompress(rec.codec, UnsafeRawBufferPointer(rebasing: rec.bytes[PackFormat.recordHeaderSize...]), into: o) else { return false }
-                        return ChunkHash.of(UnsafeRawBufferPointer(o)) == rec.ref.hash
+                        guard Compression.decompress(rec.codec, UnsafeRawBufferPointer(rebasing: rec.bytes[rec.encodedStart...]), into: o) else { return rec.members }
+                        let length = rec.rawLength / rec.members.count
+                        return rec.members.enumerated().filter { m, ref in
+                            ChunkHash.of(UnsafeRawBufferPointer(rebasing: o[(m * length)..<((m + 1) * length)])) != ref.hash
+                        }.map { $0.1 }
                     }
-                    if !ok {
-                        report.damagedChunks.append("\(what): content does not match its SHA-256")
-                        damaged.insert(rec.ref.location)
+                    if !bad.isEmpty {
+                        report.damagedChunks.append("\(what): content does not match its SHA-256"
+                                                    + (rec.members.count > 1 ? " (\(bad.count) of its chunks)" : ""))
+                        for m in bad { damaged.insert(m.location) }
                     }
                 }
             } catch let e as StoreError {
@@ -117,11 +123,14 @@ extension Store {
     /// Whether the record `ref` names is where it says (or where the index says), by its header.
     func recordIsPresent(_ ref: ChunkRef, kind: RecordKind) -> Bool {
         func at(_ loc: ChunkLocation) -> Bool {
-            var header = [UInt8](repeating: 0, count: PackFormat.recordHeaderSize)
+            // The header, and a grouped record's hash table.
+            var header = [UInt8](repeating: 0, count: PackFormat.recordHeaderSize + (loc.memberCount - 1) * 32)
             guard let n = try? header.withUnsafeMutableBytes({ try backend.readPack(loc.pack, at: Int64(loc.offset), into: $0) }),
-                  n == header.count, let parsed = header.withUnsafeBytes({ PackFormat.loadRecordHeader($0.baseAddress!) })
+                  n == header.count, let parsed = header.withUnsafeBytes({ PackFormat.loadRecordHeader($0.baseAddress!) }),
+                  parsed.memberCount == loc.memberCount
             else { return false }
-            return parsed.hash == ref.hash && parsed.kind == kind && parsed.storedLength == Int(loc.storedLength)
+            let hash = header.withUnsafeBytes { PackFormat.memberHash($0.baseAddress!, parsed, loc.member) }
+            return hash == ref.hash && parsed.kind == kind && parsed.storedLength == Int(loc.storedLength)
         }
         if at(ref.location) { return true }
         if let loc = index.lookup(ref.hash), loc != ref.location { return at(loc) }

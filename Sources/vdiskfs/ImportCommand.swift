@@ -9,8 +9,10 @@ struct ImportCommand: ParsableCommand {
             NAME may contain directories (vms/web1.img); they are created. A NAME that exists is an \
             error. Zero blocks are not stored; blocks the store already has are not stored again. \
             The import reads MBR and GPT partition tables and ext2/3/4 block bitmaps: blocks a \
-            file system marks free are stored as zeros (they read back as zeros). Anything that \
+            file system marks free, and the old transactions in a cleanly unmounted file \
+            system's journal, are stored as zeros (they read back as zeros). Anything that \
             does not validate is stored as plain blocks, with a warning; --raw turns this off. \
+            New blocks near each other are compressed together, up to 32 KiB at a time. \
             A failed import leaves the store as it was.
             """)
 

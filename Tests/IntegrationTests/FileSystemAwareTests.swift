@@ -82,6 +82,53 @@ final class FileSystemAwareTests: XCTestCase {
     }
 }
 
+extension FileSystemAwareTests {
+    /// The journal's blocks, logical order (block 0 is the journal superblock), and the image's blocks.
+    func journalBlocks(_ image: String) throws -> [Int] {
+        try sh("debugfs -R 'blocks <8>' \(image) 2>/dev/null").split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    }
+
+    func block(_ bytes: [UInt8], _ n: Int) -> ArraySlice<UInt8> { bytes[(n * 4096)..<((n + 1) * 4096)] }
+    func readFile(_ path: String) -> [UInt8] { [UInt8](FileManager.default.contents(atPath: path) ?? Data()) }
+    func writeFile(_ path: String, _ bytes: [UInt8]) { FileManager.default.createFile(atPath: path, contents: Data(bytes)) }
+
+    func testACleanJournalsLogIsStoredAsZerosAndAJournalWithTransactionsIsKept() throws {
+        let store = "\(dir)/store"
+        XCTAssertEqual(try vdiskfs("init", "-s", store).status, 0)
+        let image = "\(dir)/j.img"
+        let sums = try populate(image, offset: 0, mkfsOptions: "-b 4096", sizeMiB: 48)
+        let journal = try journalBlocks(image)
+        XCTAssertGreaterThan(journal.count, 1000)
+        let input = readFile(image)
+        let used = journal.dropFirst().filter { block(input, $0).contains { $0 != 0 } }
+        XCTAssertGreaterThan(used.count, 10, "the mount wrote transactions into the journal")
+
+        // Clean (unmounted): the log area comes back as zeros; the journal superblock as it was.
+        let aware = try importJSON(store, image, "j.img")
+        let bitmapOnly = try importJSON(store, image, "j-raw.img", ["--raw"])
+        XCTAssertEqual(bitmapOnly["free_bytes_skipped"] as? Int, 0)
+        XCTAssertGreaterThanOrEqual(aware["free_bytes_skipped"] as! Int, used.count * 4096)
+        try checkExport(store, "j.img", offset: 0, sums: sums)   // e2fsck -fn, mount, same files
+        let out = readFile("\(dir)/j.img.out")
+        XCTAssertEqual(block(out, journal[0]), block(input, journal[0]))
+        for b in used { XCTAssertTrue(block(out, b).allSatisfy { $0 == 0 }, "journal block \(b)") }
+        // The export mounts read-write (a fresh log over the zeros) and stays consistent.
+        let mnt = "\(dir)/rw"
+        try sh("mkdir -p \(mnt) && mount -o loop \(dir)/j.img.out \(mnt) && echo more > \(mnt)/more && umount \(mnt)")
+        try sh("e2fsck -fn \(dir)/j.img.out >/dev/null")
+
+        // A journal whose superblock says it holds transactions (s_start != 0): kept byte for byte.
+        var dirty = input
+        let jsb = journal[0] * 4096 + 0x1C
+        dirty.replaceSubrange(jsb..<(jsb + 4), with: [0, 0, 0, 1])
+        writeFile("\(dir)/dirty.img", dirty)
+        _ = try importJSON(store, "\(dir)/dirty.img", "dirty.img")
+        XCTAssertEqual(try vdiskfs("export", "-s", store, "dirty.img", "\(dir)/dirty.out").status, 0)
+        let back = readFile("\(dir)/dirty.out")
+        for b in journal { XCTAssertEqual(block(back, b), block(dirty, b), "journal block \(b)") }
+    }
+}
+
 final class TrimTests: XCTestCase {
     func testTrimReclaimsFreeBlocksOfARawImport() throws {
         let dir = temporaryDirectory(self)

@@ -100,7 +100,7 @@ final class DiskCacheTests: XCTestCase {
         // Another kind, or another stored length (re-encoded), is a miss.
         XCTAssertNil(cache.record(for: r.ref, kind: .tree))
         var longer = r.ref
-        longer.location.storedLength += 1
+        longer.location.lengthField += 1
         XCTAssertNil(cache.record(for: longer, kind: .data))
         // The zero-copy variant hands over the checked header.
         let raw = try cache.withRecord(for: r.ref, kind: .data) { record, header -> [UInt8] in
