@@ -10,9 +10,9 @@ import Foundation
 /// into one grouped record: LZ4 finds more to reuse in 32 KiB than in 4 KiB (about 9 %
 /// smaller on the test images), and a sequential read decodes each group once.
 final class BlockEncoder {
-    /// Raw bytes of a grouped record at most (so at most 8 chunks of 4 KiB; blocks of
-    /// 32 KiB and more are never grouped).
-    static let groupBytes = 32 << 10
+    /// Raw bytes of a grouped record at most, by default (so at most 8 chunks of 4 KiB;
+    /// blocks of 32 KiB and more are not grouped). See ``Importer/defaultGroupBytes``.
+    static var groupBytes: Int { Importer.defaultGroupBytes }
     /// Members of a group lie within this many of the group's blocks from its first (so a
     /// read of a stretch of the image decodes few groups that reach outside it).
     static let groupSpanFactor = 4
@@ -34,19 +34,21 @@ final class BlockEncoder {
     private var lengths: [Int]
     /// Where non-adjacent members of a group are gathered before compression.
     private let gather: UnsafeMutableRawBufferPointer
-    private let grouping: Bool
+    /// Chunks per group at most (1: no groups).
+    private let groupMembers: Int
     private let workers = max(1, min(8, ProcessInfo.processInfo.activeProcessorCount))
 
-    /// An encoder for batches of up to `capacity` blocks of `blockSize` bytes; `grouping`
-    /// lets it write grouped records (see above).
-    init(blockSize: Int, capacity: Int, grouping: Bool = false) {
+    /// An encoder for batches of up to `capacity` blocks of `blockSize` bytes; `groupBytes`
+    /// > 0 lets it write grouped records of up to that many raw bytes (see above).
+    init(blockSize: Int, capacity: Int, groupBytes: Int = 0) {
         self.blockSize = blockSize
         self.capacity = capacity
-        self.grouping = grouping && blockSize * 2 <= Self.groupBytes
+        groupMembers = max(1, min(PackFormat.maxGroupMembers, groupBytes / blockSize))
+        let grouping = groupMembers > 1
         // A group of n members needs 32 (n - 1) + bound(n × blockSize) ≤ n × (bound + 32).
-        bound = Compression.bound(blockSize) + (self.grouping ? 32 : 0)
+        bound = Compression.bound(blockSize) + (grouping ? 32 : 0)
         packed = .allocate(byteCount: capacity * bound, alignment: 16)
-        gather = .allocate(byteCount: self.grouping ? capacity * blockSize : 0, alignment: 16)
+        gather = .allocate(byteCount: grouping ? capacity * blockSize : 0, alignment: 16)
         hashes = Array(repeating: .zero, count: capacity)
         codecs = Array(repeating: .raw, count: capacity)
         lengths = Array(repeating: 0, count: capacity)
@@ -84,7 +86,7 @@ final class BlockEncoder {
         // Groups: runs of `fresh` (indices into it) compressed together; each group's output
         // starts at its first member's slot of `packed`.
         var groups: [Range<Int>] = []
-        let most = grouping ? Self.groupBytes / bs : 1
+        let most = groupMembers
         var k = 0
         while k < fresh.count {
             var e = k + 1

@@ -27,22 +27,31 @@ public struct ImportReport: Sendable {
 public enum Importer {
     /// Bytes handled per batch (read, hashed and compressed together).
     static let batchBytes = 8 << 20
+    /// Raw bytes of a grouped record at most, unless the caller says otherwise: new blocks
+    /// that lie near each other are compressed together up to this size (see BlockEncoder).
+    public static let defaultGroupBytes = 32 << 10
+    /// Group sizes import accepts: 0 (no groups), or up to 64 KiB (16 chunks of 4 KiB).
+    public static let allowedGroupBytes = [0, 8 << 10, 16 << 10, 32 << 10, 64 << 10]
 
     public static func importImage(into store: Store, from inputPath: String, as rawName: String,
                                    blockSize: UInt32 = 4096, mode: UInt32 = 0o100644, fileSystemAware: Bool = true,
+                                   groupBytes: Int = Importer.defaultGroupBytes,
                                    progress: ((Int64, Int64) -> Void)? = nil) throws -> ImportReport {
         guard ImageRoot.allowedBlockSizes.contains(blockSize) else {
             throw StoreError.invalidArgument("block size must be one of \(ImageRoot.allowedBlockSizes.map(String.init).joined(separator: ", "))")
         }
+        guard allowedGroupBytes.contains(groupBytes) else {
+            throw StoreError.invalidArgument("group size must be 0 (none), 8K, 16K, 32K or 64K")
+        }
         let name = try Namespace.validate(rawName)
         return try store.withLeases([name], purpose: "import") {
             try importLeased(into: store, from: inputPath, as: name, blockSize: blockSize, mode: mode,
-                             fileSystemAware: fileSystemAware, progress: progress)
+                             fileSystemAware: fileSystemAware, groupBytes: groupBytes, progress: progress)
         }
     }
 
     private static func importLeased(into store: Store, from inputPath: String, as name: String,
-                                     blockSize: UInt32, mode: UInt32, fileSystemAware: Bool,
+                                     blockSize: UInt32, mode: UInt32, fileSystemAware: Bool, groupBytes: Int,
                                      progress: ((Int64, Int64) -> Void)?) throws -> ImportReport {
         var probe = store.namespace
         try probe.addImage(name, root: .empty(size: 0, blockSize: blockSize), now: 0)  // name clash → error, nothing written
@@ -69,7 +78,7 @@ public enum Importer {
         report.layoutNotes = layout?.notes ?? []
         do {
             let root = try ingest(store: store, input: input, inputPath: inputPath, size: size, blockSize: Int(blockSize),
-                                  layout: layout, report: &report, progress: progress)
+                                  layout: layout, groupBytes: store.writesGroups ? groupBytes : 0, report: &report, progress: progress)
             var ns = store.namespace
             let now = PackWriter.nowNanoseconds()
             try ns.addImage(name, root: root, mode: mode, now: now)
@@ -90,7 +99,7 @@ public enum Importer {
 
     /// Streams the input into the store; returns the image's root.
     static func ingest(store: Store, input: FileDescriptor, inputPath: String, size: Int64, blockSize: Int, layout: DiskLayout?,
-                       report: inout ImportReport, progress: ((Int64, Int64) -> Void)?) throws -> ImageRoot {
+                       groupBytes: Int, report: inout ImportReport, progress: ((Int64, Int64) -> Void)?) throws -> ImageRoot {
         let perBatch = max(1, batchBytes / blockSize)
         let blocks = Int64((UInt64(size) + UInt64(blockSize) - 1) / UInt64(blockSize))
         var builder = TreeBuilder(store: { node in try store.storeNode(node) })
@@ -98,7 +107,7 @@ public enum Importer {
         let buffers = [UnsafeMutableRawBufferPointer.allocate(byteCount: perBatch * blockSize, alignment: 4096),
                        UnsafeMutableRawBufferPointer.allocate(byteCount: perBatch * blockSize, alignment: 4096)]
         defer { buffers.forEach { $0.deallocate() } }
-        let encoder = BlockEncoder(blockSize: blockSize, capacity: perBatch, grouping: store.writesGroups)
+        let encoder = BlockEncoder(blockSize: blockSize, capacity: perBatch, groupBytes: groupBytes)
         var tally = BlockEncoder.Tally()
         let readQueue = DispatchQueue(label: "vdiskfs.import.read")
 

@@ -12,7 +12,8 @@ struct ImportCommand: ParsableCommand {
             file system marks free, and the old transactions in a cleanly unmounted file \
             system's journal, are stored as zeros (they read back as zeros). Anything that \
             does not validate is stored as plain blocks, with a warning; --raw turns this off. \
-            New blocks near each other are compressed together, up to 32 KiB at a time. \
+            New blocks near each other are compressed together, up to 32 KiB at a time \
+            (--group-size; directory stores created by vdiskfs 0.2 or later). \
             A failed import leaves the store as it was.
             """)
 
@@ -21,6 +22,8 @@ struct ImportCommand: ParsableCommand {
     @Argument(help: "The image's name in the store.") var name: String
     @Option(help: "Block size: 4K, 8K, 16K, 32K or 64K.") var blockSize: String = "4K"
     @Flag(help: "Store every block as it is: no partition or file-system awareness.") var raw = false
+    @Option(help: ArgumentHelp("Compress new blocks that lie near each other together, up to this many bytes: 0 (never), 8K, 16K, 32K or 64K. Larger is smaller on disk; a random read of one block then decodes more.", valueName: "size"))
+    var groupSize: String = "32K"
     @Flag(help: "Print the report as JSON.") var json = false
     @Flag(name: .shortAndLong, help: "No progress bar.") var quiet = false
 
@@ -28,9 +31,13 @@ struct ImportCommand: ParsableCommand {
         guard let bs = parseSize(blockSize), let bs32 = UInt32(exactly: bs), ImageRoot.allowedBlockSizes.contains(bs32) else {
             throw StoreError.invalidArgument("--block-size must be 4K, 8K, 16K, 32K or 64K (got \(blockSize))")
         }
+        guard let group = parseSize(groupSize), Importer.allowedGroupBytes.contains(Int(group)) else {
+            throw StoreError.invalidArgument("--group-size must be 0, 8K, 16K, 32K or 64K (got \(groupSize))")
+        }
         let s = try Store.open(at: try store.path, access: .readWrite, purpose: "import")
         let bar = ProgressBar("import", quiet: quiet)
-        let r = try Importer.importImage(into: s, from: file, as: name, blockSize: bs32, fileSystemAware: !raw, progress: bar.callback)
+        let r = try Importer.importImage(into: s, from: file, as: name, blockSize: bs32, fileSystemAware: !raw,
+                                         groupBytes: Int(group), progress: bar.callback)
         bar.finish()
         for note in r.layoutNotes where note.hasPrefix("warning:") { FileHandle.standardError.write(Data("vdiskfs: \(note)\n".utf8)) }
         if json {

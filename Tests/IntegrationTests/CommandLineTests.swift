@@ -56,6 +56,7 @@ final class CommandLineTests: XCTestCase {
         assertOneLineError(try vdiskfs("import", "-s", s, dir, "b.img"), code: 16)               // a directory
         assertOneLineError(try vdiskfs("import", "-s", s, "\(dir)/in.img", "../b.img"), code: 19)
         assertOneLineError(try vdiskfs("import", "-s", s, "\(dir)/in.img", "b.img", "--block-size", "3K"), code: 19)
+        assertOneLineError(try vdiskfs("import", "-s", s, "\(dir)/in.img", "b.img", "--group-size", "12K"), code: 19)
         assertOneLineError(try vdiskfs("export", "-s", s, "a.img", "\(dir)/in.img"), code: 14)   // output exists
         XCTAssertEqual(try vdiskfs("export", "-s", s, "a.img", "\(dir)/in.img", "--force").status, 0)
         XCTAssertEqual(try vdiskfs("bogus").status, 64)

@@ -119,6 +119,29 @@ final class GroupedRecordTests: XCTestCase {
         XCTAssertEqual(try Importer.importImage(into: s, from: dir + "/a.img", as: "b.img").newChunks, 0)
     }
 
+    func testGroupSizeChoosesHowManyChunksARecordHolds() throws {
+        let dir = temporaryDirectory(self)
+        try Store.create(at: dir + "/s")
+        let s = try Store.open(at: dir + "/s", access: .readWrite)
+        writeFile(dir + "/a.img", makeImage(blocks: 600, seed: 79))
+        writeFile(dir + "/b.img", makeImage(blocks: 600, seed: 81))
+        func most() throws -> Int {
+            var m = 0
+            for p in try s.packNumbers() { try PackScanner.scan(s.backend, pack: p, withPayloads: false) { m = max(m, $0.members.count) } }
+            return m
+        }
+        _ = try Importer.importImage(into: s, from: dir + "/a.img", as: "a.img", groupBytes: 0)
+        XCTAssertEqual(try most(), 1)
+        _ = try Importer.importImage(into: s, from: dir + "/b.img", as: "b.img", groupBytes: 64 << 10)
+        XCTAssertEqual(try most(), 16)
+        XCTAssertThrowsStoreError(try Importer.importImage(into: s, from: dir + "/a.img", as: "c.img", groupBytes: 12 << 10)) {
+            if case .invalidArgument = $0 { return true }; return false
+        }
+        try Exporter.export(from: s, image: "b.img", to: dir + "/b.out")
+        XCTAssertEqual(readFile(dir + "/b.out"), readFile(dir + "/b.img"))
+        XCTAssertTrue(try Verifier.verify(s).isClean)
+    }
+
     func testDamageInAGroupIsNamedAndNeverReturned() throws {
         let dir = temporaryDirectory(self)
         try Store.create(at: dir + "/s")
