@@ -16,13 +16,15 @@ extension Volume {
         flushLock.lock(); defer { flushLock.unlock() }
         try flushLocked()
         var alsoLive = Set<ChunkHash>()
+        var journaled: [(WriteJournal.Segment, Int64)] = []
         let orphans: [ImageRoot] = stateLock.withLock {
             for n in nodes.values {
-                for d in n.dirty.values { if case .ref(let r) = d { alsoLive.insert(r.hash) } }
-                for d in n.frozen.values { if case .ref(let r) = d { alsoLive.insert(r.hash) } }
+                for d in n.dirty.values { if case .ref(let seg, let off) = d.kind { journaled.append((seg, off)) } }
+                for d in n.frozen.values { if case .ref(let seg, let off) = d.kind { journaled.append((seg, off)) } }
             }
             return nodes.values.filter { !$0.isDirectory && $0.path == nil && $0.snapshot == nil }.map(\.root)
         }
+        for r in try journalRefs(journaled) { alsoLive.insert(r.hash) }
         for root in orphans where !root.root.isZero {
             try GarbageCollector.markTree(store, root.root, level: Int(root.depth) - 1, live: &alsoLive)
         }
@@ -85,38 +87,56 @@ extension Volume {
             for (n, frozen, size, root) in work {
                 let bs = Int(root.blockSize)
                 let blocks = frozen.keys.sorted()
-                var changes: [(block: UInt64, ref: ChunkRef)] = []
-                changes.reserveCapacity(blocks.count)
-                let batch = max(1, (8 << 20) / bs)
+                // Blocks go into the tree a window at a time, so that the per-block state
+                // (changes, refs read back from the journal) stays small however many blocks
+                // are frozen. Only the last window's tree is committed; the others' nodes are
+                // garbage for gc (a few per window: blocks are taken in order).
+                let window = max(1, options.flushWindow)
+                let batch = max(1, (2 << 20) / bs)
                 let encoder = BlockEncoder(blockSize: bs, capacity: batch)
                 let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: batch * bs, alignment: 4096)
                 defer { buffer.deallocate() }
                 var pending: [UInt64] = []
                 var tally = BlockEncoder.Tally()
+                var changes: [(block: UInt64, ref: ChunkRef)] = []
+                var journaled: [(block: UInt64, segment: WriteJournal.Segment, offset: Int64)] = []
                 func drain() throws {
                     guard !pending.isEmpty else { return }
                     let refs = try encoder.store(UnsafeRawBufferPointer(buffer), count: pending.count, into: store, tally: &tally)
                     for (b, r) in zip(pending, refs) { changes.append((b, r)) }
                     pending.removeAll(keepingCapacity: true)
                 }
-                for b in blocks where b * UInt64(bs) < size {
-                    switch frozen[b]! {
-                    case .zero: changes.append((b, .zero))
-                    case .ref(let r): changes.append((b, r))
-                    case .data(let seg, let off):
-                        let slot = UnsafeMutableRawBufferPointer(rebasing: buffer[(pending.count * bs)..<((pending.count + 1) * bs)])
-                        guard try seg.fd.readFully(into: slot, at: off) == bs else {
-                            throw StoreError.io(errno: EIO, context: "journal segment \(seg.path) is short")
+                var tree = root
+                var delta: Int64 = 0
+                var start = 0
+                repeat {
+                    let end = min(blocks.count, start + window)
+                    changes.removeAll(keepingCapacity: true)
+                    journaled.removeAll(keepingCapacity: true)
+                    for b in blocks[start..<end] where b * UInt64(bs) < size {
+                        switch frozen[b]!.kind {
+                        case .zero: changes.append((b, .zero))
+                        case .ref(let seg, let off): journaled.append((b, seg, off))
+                        case .data(let seg, let off):
+                            let slot = UnsafeMutableRawBufferPointer(rebasing: buffer[(pending.count * bs)..<((pending.count + 1) * bs)])
+                            guard try seg.fd.readFully(into: slot, at: off) == bs else {
+                                throw StoreError.io(errno: EIO, context: "journal segment \(seg.path) is short")
+                            }
+                            pending.append(b)
+                            if pending.count == batch { try drain() }
                         }
-                        pending.append(b)
-                        if pending.count == batch { try drain() }
                     }
-                }
-                try drain()
-                changes.sort { $0.block < $1.block }
-                // Writes only grow an image (frozenSize >= root.size); shrinking is
-                // setAttributes', which flushes first.
-                roots[n.id] = try TreeUpdater.apply(store, to: root, newSize: size, changes: changes)
+                    try drain()
+                    for (j, r) in try journalRefs(journaled.map { ($0.segment, $0.offset) }).enumerated() { changes.append((journaled[j].block, r)) }
+                    changes.sort { $0.block < $1.block }
+                    // Writes only grow an image (frozenSize >= root.size); shrinking is
+                    // setAttributes', which flushes first.
+                    let (t, d) = try TreeUpdater.apply(store, to: tree, newSize: size, changes: changes)
+                    tree = t
+                    delta += d
+                    start = end
+                } while start < blocks.count
+                roots[n.id] = (tree, delta)
             }
             try commitNamespace(roots: roots.mapValues { $0.0 })
         } catch {

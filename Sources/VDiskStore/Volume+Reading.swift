@@ -29,12 +29,17 @@ extension Volume {
         // Tree refs for the blocks not dirty, one walk per leaf.
         var refs = sources.contains(where: { if case .tree = $0 { return true } else { return false } })
             ? try store.blockRefs(root, from: firstBlock, count: sources.count) : [ChunkRef](repeating: .zero, count: sources.count)
+        var journaled: [(index: Int, segment: WriteJournal.Segment, offset: Int64)] = []
         for (i, s) in sources.enumerated() {
             switch s {
             case .tree: break
-            case .dirty(.ref(let r)): refs[i] = r
-            case .dirty: refs[i] = .zero
+            case .dirty(let d):
+                refs[i] = .zero
+                if case .ref(let seg, let off) = d.kind { journaled.append((i, seg, off)) }
             }
+        }
+        if !journaled.isEmpty {
+            for (j, r) in try journalRefs(journaled.map { ($0.segment, $0.offset) }).enumerated() { refs[journaled[j].index] = r }
         }
         // Whole blocks read straight into the caller's buffer: large reads (streaming) skip the
         // cache; small ones (random access) go through it.
@@ -45,7 +50,8 @@ extension Volume {
         if direct {
             var treeIdx: [Int] = []
             for i in wholeFirst..<wholeEnd {
-                if case .tree = sources[i], !refs[i].isZero { treeIdx.append(i) } else if case .dirty(.ref) = sources[i], !refs[i].isZero { treeIdx.append(i) }
+                if case .tree = sources[i], !refs[i].isZero { treeIdx.append(i) }
+                else if case .dirty(let d) = sources[i], case .ref = d.kind, !refs[i].isZero { treeIdx.append(i) }
             }
             // Consecutive blocks land in consecutive slots of the output: read them in runs.
             var k = 0
@@ -66,7 +72,7 @@ extension Volume {
             let hi = Int(min(end, blockStart + UInt64(bs)) - blockStart)
             let outStart = Int(blockStart + UInt64(lo) - offset)
             let out = UnsafeMutableRawBufferPointer(rebasing: buffer[outStart..<(outStart + hi - lo)])
-            if case .dirty(.data(let seg, let off)) = sources[i] {
+            if case .dirty(let d) = sources[i], case .data(let seg, let off) = d.kind {
                 let got = try seg.fd.readFully(into: out, at: off + Int64(lo))
                 guard got == out.count else { throw StoreError.io(errno: EIO, context: "journal segment is short") }
                 return
@@ -84,11 +90,11 @@ extension Volume {
     /// The current bytes of one block (dirty or committed), for read-modify-write.
     func readWholeBlock(_ n: Node, _ b: UInt64, into out: UnsafeMutableRawBufferPointer) throws {
         let (d, root): (Dirty?, ImageRoot) = stateLock.withLock { (n.dirty[b] ?? n.frozen[b], n.root) }
-        switch d {
+        switch d?.kind {
         case .data(let seg, let off)?:
             guard try seg.fd.readFully(into: out, at: off) == out.count else { throw StoreError.io(errno: EIO, context: "journal segment is short") }
         case .zero?: out.initializeMemory(as: UInt8.self, repeating: 0)
-        case .ref(let r)?: _ = try store.readBlock(r, into: out)
+        case .ref(let seg, let off)?: _ = try store.readBlock(try journalRefs([(seg, off)])[0], into: out)
         case nil:
             let r = try store.blockRef(root, b)
             if r.isZero { out.initializeMemory(as: UInt8.self, repeating: 0) }

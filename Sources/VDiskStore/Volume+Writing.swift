@@ -5,7 +5,44 @@ import SystemPackage
 
 /// Writing: journal appends, partial blocks, holes, seek, copy_file_range.
 extension Volume {
-    static func isZero(_ d: Dirty) -> Bool { if case .zero = d { return true } else { return false } }
+    static func isZero(_ d: Dirty) -> Bool { d.isZero }
+
+    /// The ChunkRefs of journal ref records, by (segment, payload offset): dirty maps keep
+    /// only where a shared chunk's ref is, and it is read back when needed. Nearby records
+    /// (copy_file_range writes them in runs) are read together.
+    func journalRefs(_ locations: [(WriteJournal.Segment, Int64)]) throws -> [ChunkRef] {
+        var refs = [ChunkRef](repeating: .zero, count: locations.count)
+        guard !locations.isEmpty else { return refs }
+        let order = locations.indices.sorted { a, b in
+            let (x, y) = (locations[a], locations[b])
+            return x.0.sequence != y.0.sequence ? x.0.sequence < y.0.sequence : x.1 < y.1
+        }
+        let span = 64 << 10, size = ChunkRef.encodedSize
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: locations.count == 1 ? size : span, alignment: 16)
+        defer { buffer.deallocate() }
+        var held: (segment: WriteJournal.Segment, start: Int64, count: Int)?
+        for (k, i) in order.enumerated() {
+            let (seg, off) = locations[i]
+            if let h = held, h.segment === seg, off >= h.start, off + Int64(size) <= h.start + Int64(h.count) {
+                // In the span read last.
+            } else {
+                // Read up to the last of the following records that fit in one span.
+                var end = off + Int64(size)
+                var j = k + 1
+                while j < order.count, locations[order[j]].0 === seg, locations[order[j]].1 + Int64(size) <= off + Int64(span) {
+                    end = max(end, locations[order[j]].1 + Int64(size))
+                    j += 1
+                }
+                let want = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(end - off)])
+                guard try seg.fd.readFully(into: want, at: off) == want.count else {
+                    throw StoreError.io(errno: EIO, context: "journal segment \(seg.path) is short")
+                }
+                held = (seg, off, want.count)
+            }
+            refs[i] = ChunkRef(loading: buffer.baseAddress! + Int(off - held!.start))
+        }
+        return refs
+    }
 
 
     /// Appends block writes for `n` to the journal and records them as dirty.
@@ -34,8 +71,7 @@ extension Volume {
             case .ref(let r):
                 var bytes = [UInt8](repeating: 0, count: ChunkRef.encodedSize)
                 bytes.withUnsafeMutableBytes { r.store(to: $0.baseAddress!) }
-                _ = bytes.withUnsafeBytes { WriteJournal.encode(to: p, kind: .ref, path: path, block: b, sizeAfter: sizeAfter, payload: $0) }
-                payloadOffsets.append(0)
+                payloadOffsets.append(at + bytes.withUnsafeBytes { WriteJournal.encode(to: p, kind: .ref, path: path, block: b, sizeAfter: sizeAfter, payload: $0) })
                 at += WriteJournal.recordSize(pathBytes: path.count, payload: ChunkRef.encodedSize)
             case .zero, .size:
                 let kind: WriteJournal.Kind = { if case .zero = w { return .zero } else { return .size } }()
@@ -62,7 +98,7 @@ extension Volume {
                     switch w {
                     case .bytes: new = .data(seg, base + Int64(payloadOffsets[i]))
                     case .zero: new = .zero
-                    case .ref(let r): new = .ref(r)
+                    case .ref: new = .ref(seg, base + Int64(payloadOffsets[i]))
                     case .size: continue
                     }
                     if let old = n.dirty.updateValue(new, forKey: b) {
@@ -227,8 +263,8 @@ extension Volume {
         let n = try image(id)
         let (size, root, dirty): (UInt64, ImageRoot, [UInt64: Bool]) = stateLock.withLock {
             var d: [UInt64: Bool] = [:]
-            for (b, v) in n.frozen { if case .zero = v { d[b] = false } else { d[b] = true } }
-            for (b, v) in n.dirty { if case .zero = v { d[b] = false } else { d[b] = true } }
+            for (b, v) in n.frozen { d[b] = !v.isZero }
+            for (b, v) in n.dirty { d[b] = !v.isZero }
             return (n.liveSize, n.root, d)
         }
         guard offset < size else { throw StoreError.io(errno: ENXIO, context: "seek past the end") }
@@ -286,13 +322,17 @@ extension Volume {
                 var writes: [(UInt64, BlockWrite)] = []
                 var held: [UnsafeMutableRawBufferPointer] = []
                 defer { held.forEach { $0.deallocate() } }
+                // Refs the source's journal holds, read back together.
+                var journaled: [(index: Int, segment: WriteJournal.Segment, offset: Int64)] = []
                 for i in 0..<count {
                     let sb = sourceOffset / bs + b + i
                     let (d, root): (Dirty?, ImageRoot) = stateLock.withLock { (src.dirty[sb] ?? src.frozen[sb], src.root) }
                     let w: BlockWrite
-                    switch d {
+                    switch d?.kind {
                     case .zero?: w = .zero
-                    case .ref(let r)?: w = .ref(r)
+                    case .ref(let seg, let off)?:
+                        journaled.append((writes.count, seg, off))
+                        w = .zero
                     case .data?:
                         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(bs), alignment: 4096)
                         held.append(buf)
@@ -303,6 +343,9 @@ extension Volume {
                         w = r.isZero ? .zero : .ref(r)
                     }
                     writes.append((targetOffset / bs + b + i, w))
+                }
+                for (j, r) in try journalRefs(journaled.map { ($0.segment, $0.offset) }).enumerated() {
+                    writes[journaled[j].index].1 = .ref(r)
                 }
                 dst.writeLock.lock()
                 do {

@@ -32,14 +32,39 @@ public final class Volume: @unchecked Sendable {
     public let store: Store
     public let options: VolumeOptions
 
-    /// Where a block's newest content is, when it is not (yet) in the image's tree.
-    enum Dirty {
-        /// Written to a journal segment; the block's bytes are at this offset.
-        case data(WriteJournal.Segment, Int64)
+    /// Where a block's newest content is, when it is not (yet) in the image's tree: a journal
+    /// record, or nothing (a zero block). 16 bytes, so that the dirty maps of a full journal
+    /// (up to ``maxDirtyBlocks`` entries each) stay small: a shared chunk's ref (48 bytes) is
+    /// not kept here but read back from its journal record when needed (``journalRefs(_:)``).
+    struct Dirty {
+        /// The segment holding the record; nil for a zero block.
+        let segment: WriteJournal.Segment?
+        /// The record's payload offset in `segment`; `refBit` set when the payload is a
+        /// ChunkRef (copy_file_range) rather than the block's bytes.
+        private let word: Int64
+        private static let refBit: Int64 = 1 << 62
+
+        private init(_ segment: WriteJournal.Segment?, _ word: Int64) { self.segment = segment; self.word = word }
+
         /// All zeros.
-        case zero
-        /// A chunk already in the store (copy_file_range).
-        case ref(ChunkRef)
+        static let zero = Dirty(nil, 0)
+        /// The block's bytes, at `offset` in `segment`.
+        static func data(_ segment: WriteJournal.Segment, _ offset: Int64) -> Dirty { Dirty(segment, offset) }
+        /// A chunk already in the store, whose encoded ChunkRef is at `offset` in `segment`.
+        static func ref(_ segment: WriteJournal.Segment, _ offset: Int64) -> Dirty { Dirty(segment, offset | refBit) }
+
+        enum Kind {
+            case data(WriteJournal.Segment, Int64)
+            case zero
+            case ref(WriteJournal.Segment, Int64)
+        }
+
+        var kind: Kind {
+            guard let segment else { return .zero }
+            return word & Self.refBit != 0 ? .ref(segment, word & ~Self.refBit) : .data(segment, word)
+        }
+
+        var isZero: Bool { segment == nil }
     }
 
     final class Node: @unchecked Sendable {
@@ -172,7 +197,7 @@ public final class Volume: @unchecked Sendable {
                 case .zero: n.frozen[rec.block] = .zero
                 case .ref:
                     guard rec.payload.count == ChunkRef.encodedSize else { skipped += 1; return }
-                    n.frozen[rec.block] = .ref(rec.payload.withUnsafeBytes { ChunkRef(loading: $0.baseAddress!) })
+                    n.frozen[rec.block] = .ref(seg, offset + Int64(WriteJournal.headerSize) + pathBytes)
                 case .size: break
                 }
                 n.liveSize = max(n.liveSize, rec.sizeAfter)

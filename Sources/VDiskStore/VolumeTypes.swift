@@ -79,5 +79,8 @@ public struct VolumeOptions: Sendable {
     /// A local disk cache of records (worth it when the store is remote); nil: none.
     public var diskCacheDirectory: String?
     public var diskCacheBytes: Int64 = 4 << 30
+    /// Frozen blocks the flusher puts into an image's tree at a time (bounding its per-block
+    /// state); only the last tree of a flush is committed. Internal: tests make it small.
+    var flushWindow = 32768
     public init() {}
 }

@@ -110,6 +110,50 @@ final class VolumeTests: XCTestCase {
         XCTAssertTrue(try Verifier.verify(try Store.open(at: dir + "/s", access: .readOnly)).isClean)
     }
 
+    /// Shared chunks (copy_file_range) live in the dirty maps only as where their journal
+    /// record is: reads, copies of copies, gc, replay after a crash and a flush in many
+    /// windows all read them back from the journal.
+    func testSharedChunksReadBackFromTheJournal() throws {
+        var options = VolumeOptions()
+        options.flushWindow = 16
+        var v = try openVolume(options)
+        let a = try v.createImage(parent: Volume.rootNode, name: "a.img", mode: 0o644, uid: 0, gid: 0).node
+        let data = randomBytes(seed: 31, 200 * 4096)
+        try write(v, a, 0, data)
+        try v.flush()
+        let b = try v.createImage(parent: Volume.rootNode, name: "b.img", mode: 0o644, uid: 0, gid: 0).node
+        XCTAssertEqual(try v.copyRange(from: a, offset: 0, to: b, offset: 0, length: UInt64(data.count)), UInt64(data.count))
+        // Before any flush: large reads, small unaligned reads, a read-modify-write.
+        XCTAssertEqual(try read(v, b, 0, data.count), data)
+        XCTAssertEqual(try read(v, b, 4096 * 7 + 5, 100), Array(data[(4096 * 7 + 5)..<(4096 * 7 + 105)]))
+        var model = data
+        try write(v, b, 4096 * 9 + 1, [9, 9, 9])
+        model.replaceSubrange((4096 * 9 + 1)..<(4096 * 9 + 4), with: [9, 9, 9])
+        try v.punchHole(b, offset: 4096 * 20, length: 4096 * 2)
+        for i in (4096 * 20)..<(4096 * 22) { model[i] = 0 }
+        // A copy of the copy, still unflushed, at an offset.
+        let c = try v.createImage(parent: Volume.rootNode, name: "c.img", mode: 0o644, uid: 0, gid: 0).node
+        XCTAssertEqual(try v.copyRange(from: b, offset: 4096 * 4, to: c, offset: 4096, length: 4096 * 100), 4096 * 100)
+        let cModel = [UInt8](repeating: 0, count: 4096) + Array(model[(4096 * 4)..<(4096 * 104)])
+        XCTAssertEqual(try read(v, c, 0, cModel.count), cModel)
+        // gc keeps what the journal's refs name (a's chunks, with a gone).
+        try v.unlink(parent: Volume.rootNode, name: "a.img")
+        _ = try v.collectGarbage(threshold: 0, dryRun: false)
+        XCTAssertEqual(try read(v, b, 0, model.count), model)
+        // A crash with refs in the journal: replay reads them back.
+        XCTAssertEqual(try v.copyRange(from: b, offset: 0, to: c, offset: 4096 * 200, length: 4096 * 50), 4096 * 50)
+        let cModel2 = cModel + [UInt8](repeating: 0, count: 4096 * 200 - cModel.count) + Array(model[0..<(4096 * 50)])
+        try v.synchronize(nil, dataOnly: true)
+        v.abandonForTesting()
+        v = try openVolume(options)
+        let b2 = try v.lookup(parent: Volume.rootNode, name: "b.img").node
+        let c2 = try v.lookup(parent: Volume.rootNode, name: "c.img").node
+        XCTAssertEqual(try read(v, b2, 0, model.count), model)
+        XCTAssertEqual(try read(v, c2, 0, cModel2.count), cModel2)
+        try v.close()
+        XCTAssertTrue(try Verifier.verify(try Store.open(at: dir + "/s", access: .readOnly)).isClean)
+    }
+
     func testNamespaceOperations() throws {
         var v = try openVolume()
         let d = try v.makeDirectory(parent: Volume.rootNode, name: "d", mode: 0o700, uid: 1, gid: 2)
