@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 
 /// A bounded in-memory cache of decompressed chunks, keyed by hash, with single-flight
 /// fills: when several readers miss on the same chunk, one reads it and the others wait.
@@ -10,35 +11,62 @@ final class ChunkCache: @unchecked Sendable {
     final class Entry: @unchecked Sendable {
         let bytes: UnsafeMutableRawBufferPointer
         private let pool: BufferPool
-        init(count: Int, pool: BufferPool) { self.pool = pool; bytes = pool.take(count) }
-        deinit { pool.give(bytes) }
+        private let slab: Bool
+        init(count: Int, pool: BufferPool) { self.pool = pool; (bytes, slab) = pool.take(count) }
+        deinit { pool.give(bytes, slab: slab) }
     }
 
-    /// Recycles chunk buffers by size, up to a byte limit, so a busy cache does not churn
-    /// malloc (with many FUSE threads that fragments glibc's per-thread arenas and RSS
-    /// climbs far past the cache's size).
+    /// Chunk buffers, carved out of mmap'd slabs by size (every block size is a multiple of
+    /// the page size), so that the cache's bytes are exactly what it holds: no malloc
+    /// headers or alignment slack, and no heap fragmentation (with many FUSE threads, churning
+    /// malloc for 4 KiB buffers left RSS far past the cache's size). Freed buffers are
+    /// reused; past `limit` bytes of free buffers, their pages go back to the kernel
+    /// (MADV_DONTNEED) and the buffers are kept for reuse without memory behind them.
+    /// Slabs are never unmapped: their buffers are reused, and take no memory while free.
     final class BufferPool: @unchecked Sendable {
-        private let free = Locked<(buffers: [Int: [UnsafeMutableRawBufferPointer]], bytes: Int)>(([:], 0))
-        let limit: Int
-        init(limit: Int) { self.limit = limit }
-        func take(_ count: Int) -> UnsafeMutableRawBufferPointer {
-            if let b = free.withLock({ f -> UnsafeMutableRawBufferPointer? in
-                guard let b = f.buffers[count]?.popLast() else { return nil }
-                f.bytes -= count
-                return b
-            }) { return b }
-            return .allocate(byteCount: count, alignment: 64)
+        private struct Free {
+            /// Free slab buffers by size whose pages are resident, and those whose are not.
+            var warm: [Int: [UnsafeMutableRawPointer]] = [:]
+            var cold: [Int: [UnsafeMutableRawPointer]] = [:]
+            var warmBytes = 0
         }
-        func give(_ b: UnsafeMutableRawBufferPointer) {
-            let kept = free.withLock { f -> Bool in
-                guard f.bytes + b.count <= limit else { return false }
-                f.buffers[b.count, default: []].append(b)
-                f.bytes += b.count
+        private let free = Locked(Free())
+        let limit: Int
+        static let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        static let slabBytes = 2 << 20
+
+        init(limit: Int) { self.limit = limit }
+
+        /// A buffer of `count` bytes, and whether it is a slab's (else malloc'd).
+        func take(_ count: Int) -> (UnsafeMutableRawBufferPointer, slab: Bool) {
+            guard count > 0, count % Self.page == 0 else { return (.allocate(byteCount: max(count, 1), alignment: 64), false) }
+            let p: UnsafeMutableRawPointer? = free.withLock { f in
+                if let p = f.warm[count]?.popLast() { f.warmBytes -= count; return p }
+                if let p = f.cold[count]?.popLast() { return p }
+                // A new slab: one buffer for the caller, the rest free (untouched: cold).
+                let slab = max(count, Self.slabBytes / count * count)
+                guard let m = mmap(nil, slab, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), m != MAP_FAILED else { return nil }
+                var at = slab - count
+                while at > 0 { f.cold[count, default: []].append(m + at); at -= count }
+                return m
+            }
+            if let p { return (UnsafeMutableRawBufferPointer(start: p, count: count), true) }
+            return (.allocate(byteCount: count, alignment: 64), false)
+        }
+
+        func give(_ b: UnsafeMutableRawBufferPointer, slab: Bool) {
+            guard slab, let p = b.baseAddress else { b.deallocate(); return }
+            let warm = free.withLock { f -> Bool in
+                guard f.warmBytes + b.count <= limit else { return false }
+                f.warm[b.count, default: []].append(p)
+                f.warmBytes += b.count
                 return true
             }
-            if !kept { b.deallocate() }
+            if !warm {
+                _ = madvise(p, b.count, MADV_DONTNEED)
+                free.withLock { $0.cold[b.count, default: []].append(p) }
+            }
         }
-        deinit { free.withLock { f in for list in f.buffers.values { for b in list { b.deallocate() } } } }
     }
 
     private final class Fill: @unchecked Sendable {
@@ -62,7 +90,7 @@ final class ChunkCache: @unchecked Sendable {
     init(capacityBytes: Int) {
         self.capacityBytes = max(capacityBytes, 1 << 20)
         // Buffers dropped with the old generation are reused for the next fills.
-        pool = BufferPool(limit: self.capacityBytes / 2 + (8 << 20))
+        pool = BufferPool(limit: self.capacityBytes / 2)
     }
 
     /// The chunk `ref` (raw length `length`), read with `load` on a miss.
@@ -101,8 +129,12 @@ final class ChunkCache: @unchecked Sendable {
         }
     }
 
+    /// Memory an entry takes besides its bytes (its object and its slot in a generation's
+    /// table), charged against the capacity so that the cache's whole footprint fits in it.
+    static let entryOverhead = 160
+
     private func insert(_ s: inout State, _ h: ChunkHash, _ e: Entry) {
-        if s.young[h] == nil { s.youngBytes += e.bytes.count }
+        if s.young[h] == nil { s.youngBytes += e.bytes.count + Self.entryOverhead }
         s.young[h] = e
         if s.youngBytes > capacityBytes / 2 {
             s.old = s.young
@@ -113,6 +145,6 @@ final class ChunkCache: @unchecked Sendable {
 
     /// Bytes held (at most about `capacityBytes`).
     var residentBytes: Int {
-        state.withLock { s in s.youngBytes + s.old.values.reduce(0) { $0 + $1.bytes.count } }
+        state.withLock { s in s.youngBytes + s.old.values.reduce(0) { $0 + $1.bytes.count + Self.entryOverhead } }
     }
 }
