@@ -56,8 +56,11 @@ final class BlockEncoder {
 
     deinit { packed.deallocate(); gather.deallocate() }
 
-    /// Stores `count` consecutive blocks from `blocks`; returns their refs in order.
-    func store(_ blocks: UnsafeRawBufferPointer, count: Int, into store: Store, tally: inout Tally) throws -> [ChunkRef] {
+    /// Stores `count` consecutive blocks from `blocks`; returns their refs in order. Blocks
+    /// `knownZero` marks are zero blocks whatever `blocks` holds there (free blocks import
+    /// did not read).
+    func store(_ blocks: UnsafeRawBufferPointer, count: Int, into store: Store, tally: inout Tally,
+               knownZero: UnsafeBufferPointer<Bool>? = nil) throws -> [ChunkRef] {
         precondition(count <= capacity && blocks.count >= count * blockSize)
         let bs = blockSize, workers = self.workers
         func block(_ i: Int) -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: blocks[(i * bs)..<((i + 1) * bs)]) }
@@ -66,7 +69,7 @@ final class BlockEncoder {
                 var i = w
                 while i < count {
                     let b = block(i)
-                    hp[i] = isAllZero(b) ? .zero : ChunkHash.of(b)
+                    hp[i] = knownZero?[i] == true || isAllZero(b) ? .zero : ChunkHash.of(b)
                     i += workers
                 }
             }

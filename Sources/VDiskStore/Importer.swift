@@ -14,7 +14,8 @@ public struct ImportReport: Sendable {
     /// New chunks written and their bytes as stored (after compression).
     public var newChunks: UInt64 = 0
     public var newStoredBytes: UInt64 = 0
-    /// Bytes in blocks a file system marks free that held stale data: stored as zeros.
+    /// Bytes in blocks a file system marks free (or a clean journal's log): not read, stored
+    /// as zeros.
     public var freeBytesSkipped: UInt64 = 0
     /// What file-system-aware import found (partitions, file systems, warnings).
     public var layoutNotes: [String] = []
@@ -111,21 +112,55 @@ public enum Importer {
         var tally = BlockEncoder.Tally()
         let readQueue = DispatchQueue(label: "vdiskfs.import.read")
 
-        func readBatch(_ first: Int64, into buf: UnsafeMutableRawBufferPointer) -> Result<Int, StoreError> {
-            let want = Int(min(Int64(perBatch), blocks - first)) * blockSize
-            let bytes = UnsafeMutableRawBufferPointer(rebasing: buf[0..<want])
+        // Per buffer: which of its blocks a file system marks free. Those are never read
+        // (nor hashed): they are zero blocks.
+        let freeMasks = [UnsafeMutableBufferPointer<Bool>.allocate(capacity: perBatch),
+                         UnsafeMutableBufferPointer<Bool>.allocate(capacity: perBatch)]
+        defer { freeMasks.forEach { $0.deallocate() } }
+        let anyFree = (layout?.freeBytes ?? 0) > 0
+        /// Runs of free blocks shorter than this are read through (fewer, larger reads).
+        let gapBlocks = max(1, (64 << 10) / blockSize)
+
+        func readBatch(_ first: Int64, into buf: UnsafeMutableRawBufferPointer, free mask: UnsafeMutableBufferPointer<Bool>) -> Result<Int, StoreError> {
+            let count = Int(min(Int64(perBatch), blocks - first))
             do {
-                let n = try input.readFully(into: bytes, at: first * Int64(blockSize))
-                let expect = Int(min(Int64(want), size - first * Int64(blockSize)))
-                if n < expect { return .failure(.inputUnreadable(path: inputPath, reason: "it shrank while being read")) }
-                if n < want { UnsafeMutableRawBufferPointer(rebasing: bytes[n...]).initializeMemory(as: UInt8.self, repeating: 0) }
-                return .success(want / blockSize)
+                /// Reads blocks a..<b of the batch; zeros past the end of the input.
+                func read(_ a: Int, _ b: Int) throws -> StoreError? {
+                    let bytes = UnsafeMutableRawBufferPointer(rebasing: buf[(a * blockSize)..<(b * blockSize)])
+                    let at = (first + Int64(a)) * Int64(blockSize)
+                    let n = try input.readFully(into: bytes, at: at)
+                    let expect = Int(min(Int64(bytes.count), size - at))
+                    if n < expect { return .inputUnreadable(path: inputPath, reason: "it shrank while being read") }
+                    if n < bytes.count { UnsafeMutableRawBufferPointer(rebasing: bytes[n...]).initializeMemory(as: UInt8.self, repeating: 0) }
+                    return nil
+                }
+                guard anyFree, let layout else {
+                    mask.update(repeating: false)
+                    if let e = try read(0, count) { return .failure(e) }
+                    return .success(count)
+                }
+                for i in 0..<count { mask[i] = layout.isFree(Int(first) + i) }
+                var i = 0
+                while i < count {
+                    if mask[i] { i += 1; continue }
+                    // A run to read: up to the next stretch of at least gapBlocks free blocks.
+                    // (j ends past the last block looked at; the free ones just before it are not read.)
+                    var j = i + 1, freeRun = 0
+                    while j < count && freeRun < gapBlocks {
+                        freeRun = mask[j] ? freeRun + 1 : 0
+                        j += 1
+                    }
+                    let end = j - freeRun
+                    if let e = try read(i, end) { return .failure(e) }
+                    i = end
+                }
+                return .success(count)
             } catch { return .failure(.inputUnreadable(path: inputPath, reason: describe(error))) }
         }
 
         var first: Int64 = 0
         var current = 0
-        var pending: Result<Int, StoreError> = blocks > 0 ? readBatch(0, into: buffers[0]) : .success(0)
+        var pending: Result<Int, StoreError> = blocks > 0 ? readBatch(0, into: buffers[0], free: freeMasks[0]) : .success(0)
         while first < blocks {
             let count = try pending.get()
             let buf = buffers[current]
@@ -134,19 +169,13 @@ public enum Importer {
             let group = DispatchGroup()
             var nextResult: Result<Int, StoreError> = .success(0)
             if next < blocks {
-                let other = buffers[1 - current]
-                readQueue.async(group: group) { nextResult = readBatch(next, into: other) }
+                let other = buffers[1 - current], otherMask = freeMasks[1 - current]
+                readQueue.async(group: group) { nextResult = readBatch(next, into: other, free: otherMask) }
             }
-            if let layout, layout.freeBytes > 0 {
-                for i in 0..<count where layout.isFree(Int(first) + i) {
-                    let block = UnsafeMutableRawBufferPointer(rebasing: buf[(i * blockSize)..<((i + 1) * blockSize)])
-                    if !isAllZero(UnsafeRawBufferPointer(block)) {
-                        report.freeBytesSkipped += UInt64(blockSize)
-                        block.initializeMemory(as: UInt8.self, repeating: 0)
-                    }
-                }
-            }
-            let refs = try encoder.store(UnsafeRawBufferPointer(buf), count: count, into: store, tally: &tally)
+            let mask = UnsafeBufferPointer(freeMasks[current])
+            if anyFree { report.freeBytesSkipped += UInt64(mask[0..<count].reduce(0) { $0 + ($1 ? 1 : 0) }) * UInt64(blockSize) }
+            let refs = try encoder.store(UnsafeRawBufferPointer(buf), count: count, into: store, tally: &tally,
+                                         knownZero: anyFree ? mask : nil)
             for r in refs { try builder.append(r) }
             report.blocks += UInt64(count)
             first = next
