@@ -24,8 +24,10 @@ public final class FuseServer: @unchecked Sendable {
         /// Read-ahead of the mount's backing device info in bytes (0: kernel default, 128 KiB).
         /// FUSE's INIT can only lower the kernel's default, so it is raised through sysfs once mounted.
         public var readAhead: Int = 1 << 20
-        /// Worker threads: at most this many requests are served at once.
-        public var maxThreads: UInt32 = 16
+        /// Worker threads: at most this many requests are served at once. Each holds a
+        /// request buffer and a read-reply buffer of up to 1 MiB each; 8 keep two cores busy
+        /// (the kernel queues the rest of a deeper queue).
+        public var maxThreads: UInt32 = 8
         /// Idle worker threads kept for the next burst.
         public var maxIdleThreads: UInt32 = 8
         /// Log every request (libfuse's `-d`).
