@@ -79,8 +79,11 @@ R[v,qd16]=$(fio_iops "$work/mnt-v/upd.img" randread --ioengine=libaio --iodepth=
 cp "$work/mnt-v/upd.img" "$work/mnt-v/w.img"    # copy_file_range: shares every chunk
 R[v,wbuf]=$(fio_iops "$work/mnt-v/w.img" randwrite --ioengine=psync --end_fsync=1)
 R[v,wd16]=$(fio_iops "$work/mnt-v/w.img" randwrite --ioengine=libaio --iodepth=16 --direct=1)
-pid=$(pgrep -f "vdiskfs mount.*$work/mnt-v" | head -1)
+# The daemon's pid: the store's lock file names its holder ("pid N (vdiskfs mount) since ...").
+pid=$(sed -n 's/^pid \([0-9][0-9]*\) (vdiskfs mount).*/\1/p' "$work/store/lock")
+[[ -n $pid && -r /proc/$pid/status ]] || { echo "no mount daemon named in $work/store/lock" >&2; exit 1; }
 rss=$(( $(awk '/VmHWM/ {print $2}' /proc/$pid/status) / 1024 ))
+rss_file=$(( $(awk '/RssFile/ {print $2}' /proc/$pid/status) / 1024 ))
 # QEMU boot: the test guest from a plain file and from the mount.
 guest=${GUEST:-/var/cache/vdiskfs-guest}
 [[ -f $guest/vmlinuz ]] || sh "$here/../scripts/make-guest.sh" "$guest" >/dev/null
@@ -127,4 +130,4 @@ done
 echo
 echo "vdiskfs / ceiling: seq $(ratio ${R[v,seq]} ${R[pt,seq]:-}), qd1 $(ratio ${R[v,qd1]} ${R[pt,qd1]:-}), qd16 $(ratio ${R[v,qd16]} ${R[pt,qd16]:-}), write buffered $(ratio ${R[v,wbuf]} ${R[pt,wbuf]:-}), write qd16 $(ratio ${R[v,wd16]} ${R[pt,wd16]:-})"
 echo "QEMU boot of the test guest (best of 3): plain file $(printf %.2f $b_plain) s, vdiskfs $(printf %.2f $b_v) s ($(ratio $b_v $b_plain)×)"
-echo "vdiskfs daemon peak RSS: $rss MiB (cache 256 MiB)"
+echo "vdiskfs daemon peak RSS: $rss MiB (cache 256 MiB; $rss_file MiB of it file-backed at the end: libraries)"
