@@ -79,8 +79,8 @@ R[v,qd16]=$(fio_iops "$work/mnt-v/upd.img" randread --ioengine=libaio --iodepth=
 cp "$work/mnt-v/upd.img" "$work/mnt-v/w.img"    # copy_file_range: shares every chunk
 R[v,wbuf]=$(fio_iops "$work/mnt-v/w.img" randwrite --ioengine=psync --end_fsync=1)
 R[v,wd16]=$(fio_iops "$work/mnt-v/w.img" randwrite --ioengine=libaio --iodepth=16 --direct=1)
-# The daemon's pid: the store's lock file names its holder ("pid N (vdiskfs mount) since ...").
-pid=$(sed -n 's/^pid \([0-9][0-9]*\) (vdiskfs mount).*/\1/p' "$work/store/lock")
+# The daemon's pid: the store's lock file names its holder ("pid N (vdiskfs mount on MOUNTPOINT) since ...").
+pid=$(sed -n 's/^pid \([0-9][0-9]*\) (vdiskfs mount[ )].*/\1/p' "$work/store/lock")
 [[ -n $pid && -r /proc/$pid/status ]] || { echo "no mount daemon named in $work/store/lock" >&2; exit 1; }
 rss=$(( $(awk '/VmHWM/ {print $2}' /proc/$pid/status) / 1024 ))
 rss_file=$(( $(awk '/RssFile/ {print $2}' /proc/$pid/status) / 1024 ))
