@@ -32,13 +32,24 @@ final class ChunkIndex: @unchecked Sendable {
         var entryCount: UInt64
         var indexedThrough: UInt64
         var pending: [ChunkHash: ChunkLocation] = [:]
+        /// Lookups since the mapped pages were last dropped from this process's RSS.
+        var lookupsSinceTrim = 0
+        var pendingLimit = ChunkIndex.defaultPendingLimit
     }
 
     let path: String
     private let state: Locked<State>
 
-    /// Pending entries past which the owner should flush (bounded heap use).
-    static let pendingLimit = 262_144
+    /// Pending entries past which the owner should flush (bounded heap use: about 100 bytes
+    /// each). Import keeps the default (fewer, larger index flushes); a mount lowers it.
+    var pendingLimit: Int {
+        get { state.withLock { $0.pendingLimit } }
+        set { state.withLock { $0.pendingLimit = newValue } }
+    }
+    static let defaultPendingLimit = 262_144
+    /// Lookups between two drops of the mapped pages from RSS (so at most this many pages,
+    /// 16 MiB, of the index count in the process's RSS, whatever the store's size).
+    static let lookupsPerTrim = 4096
 
     private init(path: String, state: State) {
         self.path = path
@@ -207,7 +218,14 @@ final class ChunkIndex: @unchecked Sendable {
         state.withLock { s in
             if let l = s.pending[hash] { return l }
             let b = Self.bucket(of: hash, bits: s.bits)
-            return Self.find(hash, in: s.map + (b + 1) * Self.pageSize)
+            let found = Self.find(hash, in: s.map + (b + 1) * Self.pageSize)
+            s.lookupsSinceTrim += 1
+            if s.lookupsSinceTrim >= Self.lookupsPerTrim {
+                // The pages stay in the page cache; a later lookup maps them again (a minor fault).
+                _ = madvise(s.map, s.mapLength, MADV_DONTNEED)
+                s.lookupsSinceTrim = 0
+            }
+            return found
         }
     }
 
@@ -265,6 +283,7 @@ final class ChunkIndex: @unchecked Sendable {
                 for h in placed { s.pending[h] = nil }
             }
             if s.pending.isEmpty, let through { s.indexedThrough = max(s.indexedThrough, through) }
+            if s.pending.isEmpty { s.pending = [:] }  // give back the table's capacity
             do {
                 try s.fd.synchronizeData()
                 try Self.writeHeader(s.fd, bits: s.bits, entryCount: s.entryCount, indexedThrough: s.indexedThrough, dirty: false)

@@ -223,7 +223,7 @@ public final class Store: @unchecked Sendable {
         let numbers = try packNumbers()
         for pack in numbers where pack > index.indexedThrough {
             _ = try indexPack(pack)
-            if index.pendingCount > ChunkIndex.pendingLimit { try index.flush() }
+            if index.pendingCount > index.pendingLimit { try index.flush() }
         }
         if let last = numbers.last, last > index.indexedThrough || index.pendingCount > 0 { try index.flush(indexedThrough: last) }
     }
@@ -250,7 +250,7 @@ public final class Store: @unchecked Sendable {
         try index.remove { _ in true }
         for pack in numbers {
             _ = try indexPack(pack)
-            if index.pendingCount > ChunkIndex.pendingLimit { try index.flush() }
+            if index.pendingCount > index.pendingLimit { try index.flush() }
             done += try backend.packSize(pack) ?? 0
             progress?(done, total)
         }
@@ -451,7 +451,7 @@ public final class Store: @unchecked Sendable {
     /// Keeps the index's pending entries bounded during long writes: make packs durable,
     /// then flush the index (data before index).
     func flushIndexIfLarge() throws {
-        guard index.pendingCount > ChunkIndex.pendingLimit else { return }
+        guard index.pendingCount > index.pendingLimit else { return }
         writeLock.lock(); defer { writeLock.unlock() }
         try writer?.synchronize()
         try index.flush()

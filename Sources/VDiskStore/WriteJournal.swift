@@ -94,27 +94,55 @@ final class WriteJournal: @unchecked Sendable {
 
     /// Reads every whole record of segment file `path`, oldest first.
     static func replay(path: String, _ body: (Record) throws -> Void) throws {
-        let bytes = try FileIO.readAll(path)
-        var off = 0
-        try bytes.withUnsafeBytes { b in
-            while off + headerSize <= b.count {
-                let p = b.baseAddress! + off
-                guard UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)) == magic,
-                      let kind = Kind(rawValue: p.load(fromByteOffset: 4, as: UInt8.self)) else { break }
-                let pathLen = Int(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 6, as: UInt16.self)))
-                let payLen = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt32.self)))
-                guard payLen <= 1 << 20, off + headerSize + pathLen + payLen <= b.count else { break }
-                var crc = crc32c(UnsafeRawBufferPointer(start: p, count: 28))
-                crc = crc32c(UnsafeRawBufferPointer(start: p + headerSize, count: pathLen + payLen), seed: crc)
-                guard crc == UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 28, as: UInt32.self)) else { break }
-                let path = String(decoding: UnsafeRawBufferPointer(start: p + headerSize, count: pathLen), as: UTF8.self)
-                let payload = Array(UnsafeRawBufferPointer(start: p + headerSize + pathLen, count: payLen))
-                try body(Record(kind: kind, path: path,
-                                block: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
-                                sizeAfter: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self)),
-                                payload: payload))
-                off += headerSize + pathLen + payLen
+        // Read in windows, so replaying a segment of up to the journal's limit (1 GiB) needs
+        // a few MiB of memory, not the segment's size.
+        let fd = try FileIO.open(path, .readOnly, context: "open")
+        defer { try? fd.close() }
+        do { try replay(fd, path: path, body) } catch let e as StoreError { throw e } catch {
+            throw StoreError.system(error, "read \(path)", path: path)
+        }
+    }
+
+    private static func replay(_ fd: FileDescriptor, path: String, _ body: (Record) throws -> Void) throws {
+        let length = try fd.byteSize()
+        let window = 4 << 20
+        let maxRecord = headerSize + Int(UInt16.max) + (1 << 20)
+        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: window + maxRecord, alignment: 16)
+        defer { buf.deallocate() }
+        var bufStart: Int64 = 0, bufLen = 0, off: Int64 = 0
+        /// Makes [off, off + need) available in `buf`; false at the end of the file.
+        func fill(_ need: Int) throws -> Bool {
+            if off >= bufStart && off + Int64(need) <= bufStart + Int64(bufLen) { return true }
+            let keep = max(0, Int(bufStart + Int64(bufLen) - off))
+            if keep > 0 { buf.baseAddress!.copyMemory(from: buf.baseAddress! + Int(off - bufStart), byteCount: keep) }
+            bufStart = off
+            bufLen = keep
+            let want = min(buf.count, max(need, window)) - bufLen
+            if want > 0 {
+                bufLen += try fd.readFully(into: UnsafeMutableRawBufferPointer(rebasing: buf[bufLen..<(bufLen + want)]), at: bufStart + Int64(bufLen))
             }
+            return bufLen >= need
+        }
+        while off + Int64(headerSize) <= length {
+            guard try fill(headerSize) else { break }
+            var p = UnsafeRawPointer(buf.baseAddress! + Int(off - bufStart))
+            guard UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)) == magic,
+                  let kind = Kind(rawValue: p.load(fromByteOffset: 4, as: UInt8.self)) else { break }
+            let pathLen = Int(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 6, as: UInt16.self)))
+            let payLen = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt32.self)))
+            let total = headerSize + pathLen + payLen
+            guard payLen <= 1 << 20, off + Int64(total) <= length, try fill(total) else { break }
+            p = UnsafeRawPointer(buf.baseAddress! + Int(off - bufStart))
+            var crc = crc32c(UnsafeRawBufferPointer(start: p, count: 28))
+            crc = crc32c(UnsafeRawBufferPointer(start: p + headerSize, count: pathLen + payLen), seed: crc)
+            guard crc == UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 28, as: UInt32.self)) else { break }
+            let path = String(decoding: UnsafeRawBufferPointer(start: p + headerSize, count: pathLen), as: UTF8.self)
+            let payload = Array(UnsafeRawBufferPointer(start: p + headerSize + pathLen, count: payLen))
+            try body(Record(kind: kind, path: path,
+                            block: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
+                            sizeAfter: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self)),
+                            payload: payload))
+            off += Int64(total)
         }
     }
 }

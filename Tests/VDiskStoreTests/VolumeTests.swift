@@ -55,7 +55,7 @@ final class VolumeTests: XCTestCase {
     func testJournalReplayAfterCrash() throws {
         var v = try openVolume()
         let f = try v.createImage(parent: Volume.rootNode, name: "disk.img", mode: 0o644, uid: 0, gid: 0)
-        let data = randomBytes(seed: 5, 300_000)
+        let data = randomBytes(seed: 5, 9_000_000)   // more than replay's 4 MiB read window
         try write(v, f.node, 4096 * 3 + 17, data)
         try v.synchronize(f.node, dataOnly: true)
         v.abandonForTesting()   // as kill -9: nothing flushed
