@@ -47,9 +47,11 @@ final class ChunkIndex: @unchecked Sendable {
         set { state.withLock { $0.pendingLimit = newValue } }
     }
     static let defaultPendingLimit = 262_144
-    /// Lookups between two drops of the mapped pages from RSS (so at most this many pages,
-    /// 16 MiB, of the index count in the process's RSS, whatever the store's size).
-    static let lookupsPerTrim = 4096
+    /// Lookups (or buckets a flush rewrites) between two drops of the mapped pages from RSS.
+    /// A fault maps up to 16 neighbouring pages that are in the page cache too (the kernel's
+    /// fault-around), so at most 16 × this many pages (16 MiB) of the index count in the
+    /// process's RSS, whatever the store's size.
+    static let lookupsPerTrim = 256
 
     private init(path: String, state: State) {
         self.path = path
@@ -254,7 +256,10 @@ final class ChunkIndex: @unchecked Sendable {
             var byBucket: [Int: [(ChunkHash, ChunkLocation)]] = [:]
             for (h, l) in s.pending { byBucket[Self.bucket(of: h, bits: s.bits), default: []].append((h, l)) }
             var page = [UInt8](repeating: 0, count: Self.pageSize)
+            var sinceTrim = 0
             for (b, items) in byBucket {
+                sinceTrim += 1
+                if sinceTrim >= Self.lookupsPerTrim { _ = madvise(s.map, s.mapLength, MADV_DONTNEED); sinceTrim = 0 }
                 let src = s.map + (b + 1) * Self.pageSize
                 var placed: [ChunkHash] = []
                 var added = 0
@@ -373,6 +378,8 @@ final class ChunkIndex: @unchecked Sendable {
                 try out.withUnsafeBytes { (o) throws in
                     try fd.writeFully(UnsafeRawBufferPointer(rebasing: o[0..<(2 * n * Self.pageSize)]), at: Int64(2 * b + 1) * Int64(Self.pageSize))
                 }
+                // The old table's pages read so far leave RSS (the whole table would otherwise).
+                _ = madvise(s.map + (b + 1) * Self.pageSize, n * Self.pageSize, MADV_DONTNEED)
                 b += n
             }
             try Self.writeHeader(fd, bits: newBits, entryCount: s.entryCount, indexedThrough: s.indexedThrough, dirty: false)
