@@ -68,7 +68,7 @@ if [[ -x $pthp ]]; then
     fusermount3 -u "$work/mnt-pt"; umount "$work/tmpfs"
 fi
 
-# 3. vdiskfs (raw ingest, so every block of the image is served).
+# 3. vdiskfs (raw ingest, so every block of the image is served; grouped records, the default).
 "$vdiskfs" init -s "$work/store" >/dev/null
 "$vdiskfs" import -q --raw -s "$work/store" "$image" upd.img
 mkdir -p "$work/mnt-v"
@@ -94,6 +94,16 @@ cp "$guest/root.img" "$work/guest.img"; cp "$guest/root.img" "$work/mnt-v/guest.
 b_plain=$(for i in 1 2 3; do boot "$work/guest.img"; done | sort -n | head -1)
 b_v=$(for i in 1 2 3; do boot "$work/mnt-v/guest.img"; done | sort -n | head -1)
 fusermount3 -u "$work/mnt-v"
+
+# 3b. vdiskfs with one chunk per record (--group-size 0): what grouping costs random reads.
+"$vdiskfs" init -s "$work/store0" >/dev/null
+"$vdiskfs" import -q --raw --group-size 0 -s "$work/store0" "$image" upd.img
+mkdir -p "$work/mnt-v0"
+"$vdiskfs" mount -s "$work/store0" "$work/mnt-v0"
+R[v0,seq]=$(seqread "$work/mnt-v0/upd.img")
+R[v0,qd1]=$(fio_iops "$work/mnt-v0/upd.img" randread --ioengine=psync)
+R[v0,qd16]=$(fio_iops "$work/mnt-v0/upd.img" randread --ioengine=libaio --iodepth=16 --direct=1)
+fusermount3 -u "$work/mnt-v0"
 
 # 4. qcow2 through qemu-storage-daemon's FUSE export.
 qemu-img convert -O qcow2 "$image" "$work/upd.qcow2"
@@ -123,11 +133,12 @@ fusermount3 -u "$work/mnt-r"
 ratio() { [[ $1 =~ ^[0-9.]+$ && ${2:-} =~ ^[0-9.]+$ && $2 != 0 ]] && printf '%.2f' "$(echo "scale=4; $1 / $2" | bc)" || echo "-"; }
 echo "| target | cold seq read MB/s | randread qd1 IOPS | randread qd16 direct IOPS | randwrite buffered IOPS | randwrite qd16 direct IOPS |"
 echo "|---|---|---|---|---|---|"
-for t in raw pt v q b r; do
-    name=$(case $t in raw) echo "raw file (disk)";; pt) echo "passthrough_hp over tmpfs (ceiling)";; v) echo "**vdiskfs**";; q) echo "qcow2 via qemu-storage-daemon";; b) echo "borg mount";; r) echo "restic mount";; esac)
+for t in raw pt v v0 q b r; do
+    name=$(case $t in raw) echo "raw file (disk)";; pt) echo "passthrough_hp over tmpfs (ceiling)";; v) echo "**vdiskfs**";; v0) echo "vdiskfs, \`--group-size 0\`";; q) echo "qcow2 via qemu-storage-daemon";; b) echo "borg mount";; r) echo "restic mount";; esac)
     echo "| $name | ${R[$t,seq]:--} | ${R[$t,qd1]:--} | ${R[$t,qd16]:--} | ${R[$t,wbuf]:--} | ${R[$t,wd16]:--} |"
 done
 echo
 echo "vdiskfs / ceiling: seq $(ratio ${R[v,seq]} ${R[pt,seq]:-}), qd1 $(ratio ${R[v,qd1]} ${R[pt,qd1]:-}), qd16 $(ratio ${R[v,qd16]} ${R[pt,qd16]:-}), write buffered $(ratio ${R[v,wbuf]} ${R[pt,wbuf]:-}), write qd16 $(ratio ${R[v,wd16]} ${R[pt,wd16]:-})"
+echo "vdiskfs --group-size 0 / ceiling: seq $(ratio ${R[v0,seq]} ${R[pt,seq]:-}), qd1 $(ratio ${R[v0,qd1]} ${R[pt,qd1]:-}), qd16 $(ratio ${R[v0,qd16]} ${R[pt,qd16]:-})"
 echo "QEMU boot of the test guest (best of 3): plain file $(printf %.2f $b_plain) s, vdiskfs $(printf %.2f $b_v) s ($(ratio $b_v $b_plain)×)"
 echo "vdiskfs daemon peak RSS: $rss MiB (cache 256 MiB; $rss_file MiB of it file-backed at the end: libraries)"
