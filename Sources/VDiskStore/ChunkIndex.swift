@@ -134,8 +134,9 @@ final class ChunkIndex: @unchecked Sendable {
         }
         let index = ChunkIndex(path: path, state: State(fd: fd, bits: bits, map: map, mapLength: length,
                                                         entryCount: count, indexedThrough: through))
-        var torn = false
-        if dirty != 0 {
+        // A count the table cannot hold is damage (trusting it would grow the table without end).
+        var torn = count > UInt64(bucketCapacity) << UInt64(bits)
+        if dirty != 0 && !torn {
             index.state.withLock { s in
                 for b in 0..<(1 << s.bits) where !bucketChecksumMatches(s.map + (b + 1) * pageSize) { torn = true; break }
             }
@@ -158,7 +159,10 @@ final class ChunkIndex: @unchecked Sendable {
 
     // MARK: buckets
 
-    private static func bucketCount(_ p: UnsafeRawPointer) -> Int { Int(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self))) }
+    /// Entries in a bucket (a damaged count past the bucket's capacity reads as full).
+    private static func bucketCount(_ p: UnsafeRawPointer) -> Int {
+        min(Int(UInt16(littleEndian: p.loadUnaligned(as: UInt16.self))), bucketCapacity)
+    }
 
     private static func setBucketChecksum(_ p: UnsafeMutableRawPointer) {
         let crc = crc32c(UnsafeRawBufferPointer(start: p + bucketHeader, count: pageSize - bucketHeader),
@@ -332,7 +336,7 @@ final class ChunkIndex: @unchecked Sendable {
                     }
                     if changed {
                         try page.withUnsafeBytes { (p) throws in try s.fd.writeFully(p, at: Int64(b + 1) * Int64(Self.pageSize)) }
-                        s.entryCount -= UInt64(n - keep)
+                        s.entryCount -= min(s.entryCount, UInt64(n - keep))
                     }
                 }
                 try s.fd.synchronizeData()

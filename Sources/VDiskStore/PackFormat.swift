@@ -229,9 +229,11 @@ public enum PackFormat {
                             memberCount: members)
     }
 
-    /// The SHA-256 of member `m` of a record whose header and hash table start at `p`.
-    static func memberHash(_ p: UnsafeRawPointer, _ header: RecordHeader, _ m: Int) -> ChunkHash {
-        m == 0 ? header.hash : ChunkHash(bytes: p + recordHeaderSize + (m - 1) * 32)
+    /// The SHA-256 of member `m` of a record whose header and hash table start at `p`; nil
+    /// when the record has no such member (a damaged or stale location names it).
+    static func memberHash(_ p: UnsafeRawPointer, _ header: RecordHeader, _ m: Int) -> ChunkHash? {
+        guard m >= 0, m < header.memberCount else { return nil }
+        return m == 0 ? header.hash : ChunkHash(bytes: p + recordHeaderSize + (m - 1) * 32)
     }
 
     /// Checks a whole record (header + payload) against its crc32c.

@@ -186,7 +186,7 @@ struct PackScanner {
                 let p = buf.baseAddress! + Int(offset - bufStart)
                 let first = ChunkLocation(pack: pack, offset: UInt32(offset), groupStoredLength: UInt32(h.storedLength),
                                           member: 0, of: h.memberCount)
-                members = (0..<h.memberCount).map { ChunkRef(hash: PackFormat.memberHash(p, h, $0), location: first.withMember($0)) }
+                members = (0..<h.memberCount).map { ChunkRef(hash: PackFormat.memberHash(p, h, $0)!, location: first.withMember($0)) }
             } else {
                 members = []
             }

@@ -50,6 +50,10 @@ final class GroupedRecordTests: XCTestCase {
         // A ref naming the wrong member (or a one-chunk record) does not match: the location is stale.
         let wrong = ChunkRef(hash: hashes[1], location: base.withMember(2))
         XCTAssertThrowsError(try full.withUnsafeBytes { try PackReader.checked($0, wrong, kind: .data) })
+        // A location naming a member the group does not have (damaged tree entry): not there, no read past the table.
+        let outside = ChunkRef(hash: hashes[2], location: ChunkLocation(pack: 7, offset: 64, lengthField: base.lengthField | 15 << 24))
+        XCTAssertEqual(outside.location.member, 15)
+        XCTAssertThrowsError(try full.withUnsafeBytes { try PackReader.checked($0, outside, kind: .data) })
         let single = ChunkRef(hash: hashes[0], location: ChunkLocation(pack: 7, offset: 64, storedLength: UInt32(payload.count)))
         XCTAssertThrowsError(try full.withUnsafeBytes { try PackReader.checked($0, single, kind: .data) })
 

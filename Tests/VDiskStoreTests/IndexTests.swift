@@ -47,4 +47,21 @@ final class IndexTests: XCTestCase {
         close(fd)
         XCTAssertThrowsStoreError(try ChunkIndex.open(path: path)) { if case .corruptStore = $0 { return true }; return false }  // header crc now wrong
     }
+
+    /// A header whose entry count the table cannot hold (but whose CRC checks out) makes the
+    /// index rebuild, rather than be trusted: a flush would double the table without end.
+    func testImpossibleEntryCountMeansRebuild() throws {
+        let dir = temporaryDirectory(self)
+        let path = dir + "/chunks"
+        try ChunkIndex.create(path: path)
+        var header = [UInt8](readFile(path)[0..<40])
+        withUnsafeBytes(of: (UInt64(1) << 32 + 200).littleEndian) { header.replaceSubrange(16..<24, with: $0) }
+        let crc = header.withUnsafeBytes { crc32c(UnsafeRawBufferPointer(rebasing: $0[0..<36])) }
+        withUnsafeBytes(of: crc.littleEndian) { header.replaceSubrange(36..<40, with: $0) }
+        let fd = open(path, O_RDWR)
+        _ = header.withUnsafeBytes { pwrite(fd, $0.baseAddress, 40, 0) }
+        close(fd)
+        let (_, torn) = try ChunkIndex.open(path: path)
+        XCTAssertTrue(torn)
+    }
 }
