@@ -35,6 +35,7 @@ final class ChunkIndex: @unchecked Sendable {
         /// Lookups since the mapped pages were last dropped from this process's RSS.
         var lookupsSinceTrim = 0
         var pendingLimit = ChunkIndex.defaultPendingLimit
+        var trimsLookups = false
     }
 
     let path: String
@@ -52,6 +53,13 @@ final class ChunkIndex: @unchecked Sendable {
     /// fault-around), so at most 16 × this many pages (16 MiB) of the index count in the
     /// process's RSS, whatever the store's size.
     static let lookupsPerTrim = 256
+    /// Whether lookups drop the mapped pages every ``lookupsPerTrim`` (a mount, whose memory
+    /// is bounded). Off for import: every lookup after a drop faults its page in again,
+    /// CPU an import has no reason to spend.
+    var trimsLookups: Bool {
+        get { state.withLock { $0.trimsLookups } }
+        set { state.withLock { $0.trimsLookups = newValue } }
+    }
 
     private init(path: String, state: State) {
         self.path = path
@@ -226,7 +234,7 @@ final class ChunkIndex: @unchecked Sendable {
             let b = Self.bucket(of: hash, bits: s.bits)
             let found = Self.find(hash, in: s.map + (b + 1) * Self.pageSize)
             s.lookupsSinceTrim += 1
-            if s.lookupsSinceTrim >= Self.lookupsPerTrim {
+            if s.trimsLookups && s.lookupsSinceTrim >= Self.lookupsPerTrim {
                 // The pages stay in the page cache; a later lookup maps them again (a minor fault).
                 _ = madvise(s.map, s.mapLength, MADV_DONTNEED)
                 s.lookupsSinceTrim = 0
