@@ -29,21 +29,31 @@ extension Store {
 
     /// Reads blocks `refs` into consecutive `blockSize` slots of `output`, verified. Records
     /// that sit next to each other in a pack (as import and the flusher write them) are
-    /// fetched with one read; runs are decoded on every core when there are several.
-    public func readBlocks(_ refs: [ChunkRef], blockSize: Int, into output: UnsafeMutableRawBufferPointer) throws {
-        precondition(output.count >= refs.count * blockSize)
-        // Split into runs of adjacent records (at most 1 MiB each).
+    /// fetched with one read, in pack order, so that each record is read and decoded once
+    /// however its chunks are spread over the range (a grouped record's chunks between zero
+    /// or duplicate blocks); runs are decoded on every core when there are several.
+    public func readBlocks(_ refsInOrder: [ChunkRef], blockSize: Int, into output: UnsafeMutableRawBufferPointer) throws {
+        precondition(output.count >= refsInOrder.count * blockSize)
+        var positions: [Int] = []
+        positions.reserveCapacity(refsInOrder.count)
+        for (i, r) in refsInOrder.enumerated() {
+            if r.isZero {
+                UnsafeMutableRawBufferPointer(rebasing: output[(i * blockSize)..<((i + 1) * blockSize)]).initializeMemory(as: UInt8.self, repeating: 0)
+            } else {
+                positions.append(i)
+            }
+        }
+        func key(_ i: Int) -> (UInt64, UInt32, Int) { (refsInOrder[i].location.pack, refsInOrder[i].location.offset, i) }
+        if zip(positions, positions.dropFirst()).contains(where: { key($0) > key($1) }) { positions.sort { key($0) < key($1) } }
+        let refs = positions.map { refsInOrder[$0] }
+        let out = BlockSlots(output: output, blockSize: blockSize, positions: positions)
+        // Split into runs of the same or adjacent records (at most 1 MiB each).
         var runs: [Range<Int>] = []
         var i = 0
         while i < refs.count {
-            if refs[i].isZero {
-                UnsafeMutableRawBufferPointer(rebasing: output[(i * blockSize)..<((i + 1) * blockSize)]).initializeMemory(as: UInt8.self, repeating: 0)
-                i += 1
-                continue
-            }
             var j = i + 1
             var bytes = refs[i].location.recordLength
-            while j < refs.count, !refs[j].isZero, refs[j].location.pack == refs[j - 1].location.pack {
+            while j < refs.count, refs[j].location.pack == refs[j - 1].location.pack {
                 let (l, prev) = (refs[j].location, refs[j - 1].location)
                 if l.sameRecord(prev) { j += 1; continue }  // another member of the same grouped record
                 guard Int(l.offset) == Int(prev.offset) + prev.recordLength, bytes + l.recordLength <= 1 << 20 else { break }
@@ -54,11 +64,11 @@ extension Store {
             i = j
         }
         if runs.count <= 1 {
-            for r in runs { try readRun(refs, r, blockSize: blockSize, into: output) }
+            for r in runs { try readRun(refs, r, blockSize: blockSize, into: out) }
             return
         }
         if backend.isShared {
-            try readRunsTogether(refs, runs, blockSize: blockSize, into: output)
+            try readRunsTogether(refs, runs, blockSize: blockSize, into: out)
             return
         }
         let workers = min(runs.count, max(1, ProcessInfo.processInfo.activeProcessorCount))
@@ -67,7 +77,7 @@ extension Store {
         DispatchQueue.concurrentPerform(iterations: workers) { w in
             var k = w
             while k < runs.count {
-                do { try readRun(refs, runs[k], blockSize: blockSize, into: output) }
+                do { try readRun(refs, runs[k], blockSize: blockSize, into: out) }
                 catch { lock.lock(); if failure == nil { failure = error }; lock.unlock() }
                 k += workers
             }
@@ -75,10 +85,8 @@ extension Store {
         if let failure { throw failure }
     }
 
-    private func readRun(_ refs: [ChunkRef], _ run: Range<Int>, blockSize: Int, into output: UnsafeMutableRawBufferPointer) throws {
-        func slot(_ i: Int) -> UnsafeMutableRawBufferPointer {
-            UnsafeMutableRawBufferPointer(rebasing: output[(i * blockSize)..<((i + 1) * blockSize)])
-        }
+    private func readRun(_ refs: [ChunkRef], _ run: Range<Int>, blockSize: Int, into output: BlockSlots) throws {
+        func slot(_ i: Int) -> UnsafeMutableRawBufferPointer { output[i] }
         if run.count == 1 {
             guard try readBlock(refs[run.lowerBound], into: slot(run.lowerBound)) == blockSize else {
                 throw StoreError.damagedChunk(detail: "chunk \(refs[run.lowerBound].hash.short) has the wrong length")
@@ -105,7 +113,7 @@ extension Store {
     /// Shared (remote) stores: every run's bytes requested at once, so the reads are in
     /// flight together rather than one round trip after another; then decoded on every core.
     private func readRunsTogether(_ refs: [ChunkRef], _ runs: [Range<Int>], blockSize: Int,
-                                  into output: UnsafeMutableRawBufferPointer) throws {
+                                  into output: BlockSlots) throws {
         var pending: [Range<Int>] = []
         for run in runs where !(try readRunFromDiskCache(refs, run, blockSize: blockSize, into: output)) { pending.append(run) }
         guard !pending.isEmpty else { return }
@@ -133,10 +141,10 @@ extension Store {
 
     /// Fills `run`'s slots from the disk cache if it holds every record; false otherwise.
     private func readRunFromDiskCache(_ refs: [ChunkRef], _ run: Range<Int>, blockSize: Int,
-                                      into output: UnsafeMutableRawBufferPointer) throws -> Bool {
+                                      into output: BlockSlots) throws -> Bool {
         guard let cache = packs.diskCache else { return false }
         for i in run {
-            let slot = UnsafeMutableRawBufferPointer(rebasing: output[(i * blockSize)..<((i + 1) * blockSize)])
+            let slot = output[i]
             let hit = try cache.withRecord(for: refs[i], kind: .data) { record, header in
                 guard header.rawLength == blockSize else {
                     throw StoreError.damagedChunk(detail: "\(PackReader.describe(refs[i], .data)) has the wrong length")
@@ -152,10 +160,8 @@ extension Store {
     /// when it could not be read: each record then goes the single-record way, following the
     /// index). Each record is checked; the disk cache, if any, gets what checks out.
     private func decodeRun(_ refs: [ChunkRef], _ run: Range<Int>, blockSize: Int, bytes: UnsafeRawBufferPointer?,
-                           into output: UnsafeMutableRawBufferPointer) throws {
-        func slot(_ i: Int) -> UnsafeMutableRawBufferPointer {
-            UnsafeMutableRawBufferPointer(rebasing: output[(i * blockSize)..<((i + 1) * blockSize)])
-        }
+                           into output: BlockSlots) throws {
+        func slot(_ i: Int) -> UnsafeMutableRawBufferPointer { output[i] }
         guard let buffer = bytes else {
             // Pack gone or unreadable: fall back to one record at a time (index lookups).
             for i in run { _ = try readBlock(refs[i], into: slot(i)) }
@@ -200,10 +206,8 @@ extension Store {
     /// blocks are the whole group in order (as import writes them). A block whose ref does
     /// not match the record goes the single-record way.
     private func decodeGroupMembers(_ refs: [ChunkRef], _ members: Range<Int>, blockSize: Int, record: UnsafeRawBufferPointer,
-                                    into output: UnsafeMutableRawBufferPointer) throws {
-        func slot(_ i: Int) -> UnsafeMutableRawBufferPointer {
-            UnsafeMutableRawBufferPointer(rebasing: output[(i * blockSize)..<((i + 1) * blockSize)])
-        }
+                                    into output: BlockSlots) throws {
+        func slot(_ i: Int) -> UnsafeMutableRawBufferPointer { output[i] }
         let i0 = members.lowerBound
         let header: PackFormat.RecordHeader
         do {
@@ -221,7 +225,7 @@ extension Store {
         }
         // The crc covered the whole record: each other member only needs its identity checked.
         var matching: [Int] = []
-        var inOrder = members.count == header.memberCount
+        var inOrder = members.count == header.memberCount && output.areConsecutive(members)
         for i in members {
             let l = refs[i].location
             if l.lengthField & 0xF0FF_FFFF == refs[i0].location.lengthField & 0xF0FF_FFFF,
@@ -238,7 +242,7 @@ extension Store {
         do {
             if inOrder {
                 try PackReader.decodeGroup(record, header, refs[i0],
-                                           into: UnsafeMutableRawBufferPointer(rebasing: output[(i0 * blockSize)..<(members.upperBound * blockSize)]))
+                                           into: UnsafeMutableRawBufferPointer(start: output[i0].baseAddress, count: members.count * blockSize))
                 return
             }
             try withUnsafeTemporaryAllocation(byteCount: header.rawLength, alignment: 16) { group in
@@ -251,5 +255,23 @@ extension Store {
             log("vdiskfs: " + what)
             throw StoreError.damagedChunk(detail: what)
         }
+    }
+}
+
+/// Where each block of a read goes: block `i` (in pack order) to slot `positions[i]` of the
+/// caller's buffer.
+struct BlockSlots {
+    let output: UnsafeMutableRawBufferPointer
+    let blockSize: Int
+    let positions: [Int]
+
+    subscript(i: Int) -> UnsafeMutableRawBufferPointer {
+        let p = positions[i]
+        return UnsafeMutableRawBufferPointer(rebasing: output[(p * blockSize)..<((p + 1) * blockSize)])
+    }
+
+    /// Whether blocks `range` land in consecutive slots, in order (one decode can fill them).
+    func areConsecutive(_ range: Range<Int>) -> Bool {
+        range.indices.dropFirst().allSatisfy { positions[$0] == positions[$0 - 1] + 1 }
     }
 }
