@@ -45,7 +45,6 @@ public enum Exporter {
         let bs = Int(image.blockSize)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: TreeNode.fanOut * bs, alignment: 4096)
         defer { buffer.deallocate() }
-        let workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
         let total = Int64(image.size)
         try store.forEachLeaf(image) { first, refs in
             let count = Int(min(UInt64(TreeNode.fanOut), image.blockCount - first))
@@ -58,20 +57,10 @@ public enum Exporter {
                 progress?(min(base + Int64(count * bs), total), total)
                 return true
             }
-            var failure: StoreError?
-            let failLock = NSLock()
-            DispatchQueue.concurrentPerform(iterations: workers) { w in
-                var i = w
-                while i < count {
-                    let r = i < refs.count ? refs[i] : .zero
-                    if !r.isZero || writeZeros {
-                        do { _ = try store.readBlock(r, into: UnsafeMutableRawBufferPointer(rebasing: buffer[(i * bs)..<((i + 1) * bs)])) }
-                        catch { failLock.lock(); failure = failure ?? StoreError.system(error, "read", path: store.path); failLock.unlock() }
-                    }
-                    i += workers
-                }
-            }
-            if let failure { throw failure }
+            // The leaf's blocks in one batch: adjacent records are fetched with one read,
+            // each grouped record decoded once, runs decoded on every core.
+            let leaf = (0..<count).map { $0 < refs.count ? refs[$0] : ChunkRef.zero }
+            try store.readBlocks(leaf, blockSize: bs, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<(count * bs)]))
             // Write runs of non-zero blocks; zero blocks stay holes.
             var i = 0
             while i < count {
