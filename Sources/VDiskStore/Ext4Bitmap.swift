@@ -47,8 +47,10 @@ struct Ext4Bitmap {
         guard incompat & 0x4 == 0 else { throw Problem.invalid("the journal needs recovery (mount it once, or fsck it)") }
         guard state & 1 == 1, state & 2 == 0 else { throw Problem.invalid("the file system is not clean") }
         guard incompat & 0x10 == 0 else { throw Problem.invalid("meta_bg is not supported") }
+        // The block count is untrusted: its byte size may overflow (then it cannot fit either).
+        let (fsBytes, tooBig) = count.multipliedReportingOverflow(by: UInt64(bs))
         guard perGroup > 0, perGroup == UInt64(bs) * 8 || (perGroup % 8 == 0 && perGroup < UInt64(bs) * 8),
-              count > firstData, count * UInt64(bs) <= length
+              count > firstData, !tooBig, fsBytes <= length
         else { throw Problem.invalid("the superblock's geometry does not fit the disk") }
         let descSize = is64 ? Int(le16(sb, 0xFE)) : 32
         guard descSize >= 32, descSize <= 1024, descSize & (descSize - 1) == 0 else { throw Problem.invalid("bad group descriptor size \(descSize)") }
@@ -60,8 +62,11 @@ struct Ext4Bitmap {
             // s_checksum_seed when the csum_seed feature is on, else crc32c(~0, uuid).
             seed = incompat & 0x2000 != 0 ? le32(sb, 0x270) : rawCRC32C(~0, Array(sb[0x68..<0x78]))
         }
-        let gdt = try disk.bytes(at: base + (firstData + 1) * UInt64(bs), count: groups * descSize)
-        guard gdt.count == groups * descSize else { throw Problem.invalid("the group descriptors are truncated") }
+        // (Offsets below stay under base + fsBytes ≤ the disk's size: blocks are < count.)
+        let (gdtBytes, gdtTooBig) = groups.multipliedReportingOverflow(by: descSize)
+        guard !gdtTooBig, gdtBytes <= fsBytes else { throw Problem.invalid("the group descriptors do not fit the file system") }
+        let gdt = try disk.bytes(at: base + (firstData + 1) * UInt64(bs), count: gdtBytes)
+        guard gdt.count == gdtBytes else { throw Problem.invalid("the group descriptors are truncated") }
         var free = [UInt64](repeating: 0, count: Int((count + 63) / 64))
         var freeCount: UInt64 = 0
         let bitmapBytes = Int(perGroup / 8)
@@ -90,7 +95,7 @@ struct Ext4Bitmap {
         }
         // The superblock's own free count must roughly agree (it may lag slightly).
         let sbFree = UInt64(le32(sb, 0x0C)) | (is64 ? UInt64(le32(sb, 0x158)) << 32 : 0)
-        guard freeCount <= sbFree + sbFree / 10 + 1024 else {
+        guard freeCount <= sbFree || freeCount - sbFree <= sbFree / 10 + 1024 else {
             throw Problem.invalid("the bitmaps mark \(freeCount) blocks free, the superblock \(sbFree)")
         }
         // A clean journal's log area holds nothing anyone reads again.

@@ -54,7 +54,12 @@ struct Ext4Journal {
         guard d + g.descriptorSize <= g.groupDescriptors.count else { throw Problem(why: "its inode is outside the group descriptors") }
         let table = UInt64(le32(g.groupDescriptors, d + 0x08))
             | (g.is64Bit && g.descriptorSize >= 64 ? UInt64(le32(g.groupDescriptors, d + 0x28)) << 32 : 0)
-        guard table > g.firstDataBlock, table < g.blockCount else { throw Problem(why: "its inode table is outside the file system") }
+        // Block numbers below blockCount stay within the file system's bytes (checked to fit
+        // the disk by Ext4Bitmap), so block × block size does not overflow; the inode's
+        // offset in its table (index < 2^32) must lie inside the file system too.
+        guard table > g.firstDataBlock, table < g.blockCount,
+              index * UInt64(inodeSize) + 128 <= (g.blockCount - table) * bs
+        else { throw Problem(why: "its inode table is outside the file system") }
         let raw = try disk.bytes(at: g.base + table * bs + index * UInt64(inodeSize), count: 128)
         guard raw.count == 128 else { throw Problem(why: "its inode is cut short") }
         let mode = le16(raw, 0x00), flags = le32(raw, 0x20)
@@ -74,6 +79,7 @@ struct Ext4Journal {
 
         // The journal superblock (big-endian), at logical block 0.
         guard let jsbBlock = map.physical(0) else { throw Problem(why: "its first block is not mapped") }
+        guard jsbBlock > g.firstDataBlock, jsbBlock < g.blockCount else { throw Problem(why: "its superblock is outside the file system") }
         let jsb = try disk.bytes(at: g.base + jsbBlock * bs, count: 1024)
         guard jsb.count == 1024, be32(jsb, 0) == 0xC03B_3998 else { throw Problem(why: "its superblock has no jbd2 magic") }
         let type = be32(jsb, 4)

@@ -37,7 +37,19 @@ enum PartitionTable {
                 ebr = base + next
             }
         }
-        return parts.filter { $0.offset + $0.length <= disk.size }
+        return parts.filter { fits($0, disk) }
+    }
+
+    /// Whether `p` lies within the disk (a partition whose end overflows does not).
+    static func fits(_ p: Partition, _ disk: DiskReader) -> Bool {
+        let (end, overflow) = p.offset.addingReportingOverflow(p.length)
+        return !overflow && end <= disk.size
+    }
+
+    /// `lba × 512` bytes, or nil when that overflows (a damaged or hostile table).
+    private static func sectorBytes(_ lba: UInt64) -> UInt64? {
+        let (bytes, overflow) = lba.multipliedReportingOverflow(by: 512)
+        return overflow ? nil : bytes
     }
 
     private static func gpt(_ disk: DiskReader) throws -> [Partition] {
@@ -45,17 +57,20 @@ enum PartitionTable {
         guard h.count == 92, Array(h[0..<8]) == Array("EFI PART".utf8) else { return [] }
         let entriesLBA = le64(h, 0x48), count = Int(le32(h, 0x50)), size = Int(le32(h, 0x54))
         guard size >= 128, size <= 4096, count <= 1024 else { return [] }
-        let table = try disk.bytes(at: entriesLBA * 512, count: count * size)
+        guard let tableOffset = sectorBytes(entriesLBA) else { return [] }
+        let table = try disk.bytes(at: tableOffset, count: count * size)
         guard table.count == count * size else { return [] }
         var parts: [Partition] = []
         for i in 0..<count {
             let e = i * size
             if table[e..<(e + 16)].allSatisfy({ $0 == 0 }) { continue }
             let first = le64(table, e + 32), last = le64(table, e + 40)
-            guard last >= first else { continue }
-            parts.append(Partition(offset: first * 512, length: (last - first + 1) * 512, label: "gpt\(i + 1)"))
+            // An entry whose bounds overflow cannot fit the disk: ignored, like one past its end.
+            guard last >= first, last < UInt64.max, let offset = sectorBytes(first), let length = sectorBytes(last - first + 1)
+            else { continue }
+            parts.append(Partition(offset: offset, length: length, label: "gpt\(i + 1)"))
         }
-        return parts.filter { $0.offset + $0.length <= disk.size }
+        return parts.filter { fits($0, disk) }
     }
 }
 
