@@ -21,8 +21,14 @@ public struct ImageRoot: Equatable, Sendable {
     public var blockCount: UInt64 { Self.blockCount(size, blockSize) }
 
     static func blockCount(_ size: UInt64, _ blockSize: UInt32) -> UInt64 {
-        (size + UInt64(blockSize) - 1) / UInt64(blockSize)
+        // (size + blockSize − 1) / blockSize would overflow for sizes within a block of 2^64.
+        size / UInt64(blockSize) + (size % UInt64(blockSize) == 0 ? 0 : 1)
     }
+
+    /// The deepest tree an image can need: 2^64 bytes in blocks of the smallest size (2^52
+    /// blocks) take 6 levels of 1024 refs (1024^6 = 2^60). A deeper tree's span(ofLevel:)
+    /// and block arithmetic would overflow; namespace records with one are rejected.
+    public static let maxDepth: UInt8 = 6
 
     /// The block sizes an image may have.
     public static let allowedBlockSizes: [UInt32] = [4096, 8192, 16384, 32768, 65536]
@@ -40,7 +46,12 @@ struct TreeNode {
     static func depth(forBlocks blocks: UInt64) -> UInt8 {
         var d: UInt8 = 1
         var span = UInt64(fanOut)
-        while span < blocks { d += 1; span *= UInt64(fanOut) }
+        while span < blocks {
+            d += 1
+            // Past 2^54 blocks (no image has that many) the next span would overflow.
+            guard span <= UInt64.max / UInt64(fanOut) else { break }
+            span *= UInt64(fanOut)
+        }
         return d
     }
 

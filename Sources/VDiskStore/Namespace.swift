@@ -29,6 +29,8 @@ public struct Namespace: Equatable, Sendable {
     }
 
     static let magic: [UInt8] = Array("VDNS".utf8)
+    /// Bytes of the smallest entry: an empty path (u16 length), kind, mode, uid, gid, mtime, ctime.
+    static let minEntrySize = 2 + 1 + 3 * 4 + 2 * 8
 
     func encode() -> [UInt8] {
         var w = ByteWriter(capacity: 64 + entries.count * 128)
@@ -60,7 +62,8 @@ public struct Namespace: Equatable, Sendable {
         let generation = try r.u64()
         let count = Int(try r.u32())
         var entries: [String: Entry] = [:]
-        entries.reserveCapacity(count)
+        // The count is untrusted: reserve no more entries than the bytes left can hold.
+        entries.reserveCapacity(min(count, r.remaining / minEntrySize))
         for _ in 0..<count {
             let path = try r.string()
             guard let kind = Entry.Kind(rawValue: try r.u8()) else { throw StoreError.corruptStore(detail: "namespace entry \(path) has an unknown kind") }
@@ -69,8 +72,12 @@ public struct Namespace: Equatable, Sendable {
                 let size = try r.u64(), bs = try r.u32(), depth = try r.u8()
                 let refBytes = try r.raw(ChunkRef.encodedSize)
                 let root = refBytes.withUnsafeBytes { ChunkRef(loading: $0.baseAddress!) }
-                guard ImageRoot.allowedBlockSizes.contains(bs), depth >= 1, depth <= 8 else {
+                guard ImageRoot.allowedBlockSizes.contains(bs), depth >= 1, depth <= ImageRoot.maxDepth else {
                     throw StoreError.corruptStore(detail: "namespace entry \(path) has a bad block size or depth")
+                }
+                // A tree of `depth` levels must cover the image's blocks (reads walk it by size).
+                guard TreeNode.depth(forBlocks: ImageRoot.blockCount(size, bs)) <= depth else {
+                    throw StoreError.corruptStore(detail: "namespace entry \(path) has a size (\(size) bytes) its tree of depth \(depth) cannot hold")
                 }
                 e.image = ImageRoot(size: size, blockSize: bs, depth: depth, root: root)
             }
