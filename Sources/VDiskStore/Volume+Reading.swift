@@ -12,7 +12,7 @@ extension Volume {
         let (size, root, sources): (UInt64, ImageRoot, [Source]) = stateLock.withLock {
             let size = n.liveSize
             guard offset < size, buffer.count > 0 else { return (size, n.root, []) }
-            let end = min(size, offset + UInt64(buffer.count))
+            let end = Self.readEnd(offset, buffer.count, size)
             let bs = UInt64(n.root.blockSize)
             var s: [Source] = []
             s.reserveCapacity(Int((end - 1) / bs - offset / bs + 1))
@@ -23,7 +23,7 @@ extension Volume {
         }
         guard !sources.isEmpty else { return 0 }
         let bs = Int(root.blockSize)
-        let end = min(size, offset + UInt64(buffer.count))
+        let end = Self.readEnd(offset, buffer.count, size)
         let total = Int(end - offset)
         let firstBlock = offset / UInt64(bs)
         // Tree refs for the blocks not dirty, one walk per leaf.
@@ -69,7 +69,7 @@ extension Volume {
             let b = firstBlock + UInt64(i)
             let blockStart = b * UInt64(bs)
             let lo = Int(max(offset, blockStart) - blockStart)
-            let hi = Int(min(end, blockStart + UInt64(bs)) - blockStart)
+            let hi = Int(min(end - blockStart, UInt64(bs)))
             let outStart = Int(blockStart + UInt64(lo) - offset)
             let out = UnsafeMutableRawBufferPointer(rebasing: buffer[outStart..<(outStart + hi - lo)])
             if case .dirty(let d) = sources[i], case .data(let seg, let off) = d.kind {
@@ -85,6 +85,12 @@ extension Volume {
         }
         for i in 0..<sources.count { try fill(i) }
         return total
+    }
+
+    /// Where a read of `count` bytes at `offset` (< `size`) ends: offset + count, or the size
+    /// (without overflowing: an image's size may come close to 2^64).
+    static func readEnd(_ offset: UInt64, _ count: Int, _ size: UInt64) -> UInt64 {
+        size - offset < UInt64(count) ? size : offset + UInt64(count)
     }
 
     /// The current bytes of one block (dirty or committed), for read-modify-write.

@@ -190,23 +190,33 @@ public final class Volume: @unchecked Sendable {
             let fd = try FileIO.open(path, .readOnly, context: "open journal")
             let seg = WriteJournal.Segment(sequence: seq, path: path, fd: fd, size: 0)
             frozenSegments.append(seg)
-            var offset: Int64 = 0
-            try WriteJournal.replay(path: path) { rec in
-                let pathBytes = Int64(rec.path.utf8.count)
-                defer { offset += Int64(WriteJournal.headerSize) + pathBytes + Int64(rec.payload.count) }
-                guard let id = byPath[rec.path], let n = nodes[id], !n.isDirectory else { skipped += 1; return }
-                replayed += 1
-                switch rec.kind {
-                case .data: n.frozen[rec.block] = .data(seg, offset + Int64(WriteJournal.headerSize) + pathBytes)
-                case .zero: n.frozen[rec.block] = .zero
-                case .ref:
-                    guard rec.payload.count == ChunkRef.encodedSize else { skipped += 1; return }
-                    n.frozen[rec.block] = .ref(seg, offset + Int64(WriteJournal.headerSize) + pathBytes)
-                case .size: break
+            do {
+                try WriteJournal.replay(path: path) { rec in
+                    guard let id = byPath[rec.path], let n = nodes[id], !n.isDirectory else { skipped += 1; return }
+                    // A block past any size the image can have (its byte offset overflows) is
+                    // damage: this segment's replay stops there, as at a torn tail.
+                    guard !rec.block.multipliedReportingOverflow(by: UInt64(n.root.blockSize)).overflow else {
+                        throw JournalDamage(why: "the record at offset \(rec.payloadOffset - Int64(WriteJournal.headerSize + rec.path.utf8.count)) names block \(rec.block) of \(rec.path), past any size it can have")
+                    }
+                    replayed += 1
+                    switch rec.kind {
+                    case .data:
+                        // The flush reads a block's worth at the payload: a payload of another
+                        // length is not a block of this image.
+                        guard rec.payload.count == Int(n.root.blockSize) else { skipped += 1; return }
+                        n.frozen[rec.block] = .data(seg, rec.payloadOffset)
+                    case .zero: n.frozen[rec.block] = .zero
+                    case .ref:
+                        guard rec.payload.count == ChunkRef.encodedSize else { skipped += 1; return }
+                        n.frozen[rec.block] = .ref(seg, rec.payloadOffset)
+                    case .size: break
+                    }
+                    n.liveSize = max(n.liveSize, rec.sizeAfter)
+                    n.frozenSize = n.liveSize
+                    n.frozenPending = true
                 }
-                n.liveSize = max(n.liveSize, rec.sizeAfter)
-                n.frozenSize = n.liveSize
-                n.frozenPending = true
+            } catch let damage as JournalDamage {
+                log("vdiskfs: journal \(path): \(damage.why); the records after it are not replayed")
             }
         }
         // A shared store's gc must wait for this journal while it may hold acknowledged writes.
@@ -607,3 +617,6 @@ extension NSLock {
         return try body()
     }
 }
+
+/// A journal record that checks out but cannot be right: replay stops at it (Volume.init).
+struct JournalDamage: Error { var why: String }

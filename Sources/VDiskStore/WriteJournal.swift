@@ -11,7 +11,8 @@ import SystemPackage
 /// covering header bytes 0..<28, path and payload. Kinds: 1 data (payload: the block),
 /// 2 zero (no payload), 3 ref (payload: a ChunkRef of a chunk already in the store),
 /// 4 size (no payload: the image grew to the size field, e.g. by fallocate).
-/// Replay stops at the first record that does not check out (a torn tail).
+/// Replay stops at the first record that does not check out (a torn tail); a record whose
+/// path is not UTF-8 (no image can have it) is skipped.
 final class WriteJournal: @unchecked Sendable {
     static let magic: UInt32 = 0x4E52_4A56
     static let headerSize = 32
@@ -38,6 +39,8 @@ final class WriteJournal: @unchecked Sendable {
         var block: UInt64
         var sizeAfter: UInt64
         var payload: [UInt8]
+        /// Where the payload starts in the segment file (from the record's own lengths).
+        var payloadOffset: Int64
     }
 
     let directory: String
@@ -98,10 +101,13 @@ final class WriteJournal: @unchecked Sendable {
         // a few MiB of memory, not the segment's size.
         let fd = try FileIO.open(path, .readOnly, context: "open")
         defer { try? fd.close() }
-        do { try replay(fd, path: path, body) } catch let e as StoreError { throw e } catch {
+        do { try replay(fd, path: path, body) } catch let e as BodyError { throw e.error } catch let e as StoreError { throw e } catch {
             throw StoreError.system(error, "read \(path)", path: path)
         }
     }
+
+    /// What `body` threw: handed to the caller as it is (not as a read error).
+    private struct BodyError: Error { var error: Error }
 
     private static func replay(_ fd: FileDescriptor, path: String, _ body: (Record) throws -> Void) throws {
         let length = try fd.byteSize()
@@ -136,12 +142,19 @@ final class WriteJournal: @unchecked Sendable {
             var crc = crc32c(UnsafeRawBufferPointer(start: p, count: 28))
             crc = crc32c(UnsafeRawBufferPointer(start: p + headerSize, count: pathLen + payLen), seed: crc)
             guard crc == UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 28, as: UInt32.self)) else { break }
-            let path = String(decoding: UnsafeRawBufferPointer(start: p + headerSize, count: pathLen), as: UTF8.self)
+            // Image paths are UTF-8; a lossy decoding could name another image (and would
+            // not have the record's length), so a path that is not is no image's: skipped.
+            guard let imagePath = String(validating: UnsafeRawBufferPointer(start: p + headerSize, count: pathLen), as: UTF8.self) else {
+                log("vdiskfs: journal \(path): the record at offset \(off) names a path that is not UTF-8; skipped")
+                off += Int64(total)
+                continue
+            }
             let payload = Array(UnsafeRawBufferPointer(start: p + headerSize + pathLen, count: payLen))
-            try body(Record(kind: kind, path: path,
-                            block: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
-                            sizeAfter: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self)),
-                            payload: payload))
+            let record = Record(kind: kind, path: imagePath,
+                                block: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt64.self)),
+                                sizeAfter: UInt64(littleEndian: p.loadUnaligned(fromByteOffset: 16, as: UInt64.self)),
+                                payload: payload, payloadOffset: off + Int64(headerSize + pathLen))
+            do { try body(record) } catch { throw BodyError(error: error) }
             off += Int64(total)
         }
     }
