@@ -16,6 +16,11 @@ extension DiskCache {
         static let magic: [UInt8] = Array("VDCACHE\0".utf8)
         static let version: UInt32 = 1
 
+        /// The highest generation a valid header names. Generations count segment rotations
+        /// from 1; the index and the ring take them as Int and add to them, so a header past
+        /// this (2^62: more rotations than a cache ever makes) is damaged.
+        static let maxGeneration: UInt64 = 1 << 62
+
         static func fileName(_ index: Int) -> String { index < 10 ? "segment-0\(index)" : "segment-\(index)" }
 
         static func encodeHeader(index: Int, generation: UInt64) -> [UInt8] {
@@ -41,7 +46,7 @@ extension DiskCache {
             r.offset = 8
             guard (try? r.u32()) == version, (try? r.u32()) == UInt32(DiskCache.segmentCount),
                   (try? r.u32()) == UInt32(index), (try? r.u32()) != nil,
-                  let g = try? r.u64(), g != 0, Int(g & UInt64(DiskCache.segmentCount - 1)) == index
+                  let g = try? r.u64(), g != 0, g <= maxGeneration, Int(g & UInt64(DiskCache.segmentCount - 1)) == index
             else { return nil }
             return g
         }

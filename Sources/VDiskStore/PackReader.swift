@@ -52,6 +52,9 @@ final class PackReader: @unchecked Sendable {
         if let cache = diskCache, !ref.location.isGrouped, let hit = try cache.withRecord(for: ref, kind: kind, { record, _ in try body(record) }) {
             return hit
         }
+        // No record is longer than maxRecordLength: a ref stating more (a damaged tree node
+        // or namespace) names no record there, and must not size an allocation.
+        guard Int(ref.location.storedLength) <= PackFormat.maxRecordLength else { throw Failure.notThere }
         let length = ref.location.recordLength
         return try withUnsafeTemporaryAllocation(byteCount: length, alignment: 16) { (record) throws -> T in
             let got: Int?
@@ -152,6 +155,9 @@ struct PackScanner {
         let got = try headerBytes.withUnsafeMutableBytes { (b) throws -> Int in try read(b, at: 0) }
         guard got == PackFormat.headerSize else { throw StoreError.corruptStore(detail: "\(file) is not a pack") }
         let pack = try PackFormat.decodeHeader(headerBytes, file: file)
+        // Writers name a pack in its header by its own number: any other is damage (and the
+        // locations made from it would name another pack, or one the index cannot hold).
+        guard pack == number else { throw StoreError.corruptStore(detail: "\(file)'s header names pack \(pack)") }
 
         // Read in large windows; a record never exceeds maxRecordLength.
         let window = 8 << 20

@@ -220,7 +220,7 @@ public final class Store: @unchecked Sendable {
             return
         }
         if backend.isShared { try forgetCollectedPacks() }
-        let numbers = try packNumbers()
+        let numbers = try indexablePackNumbers()
         for pack in numbers where pack > index.indexedThrough {
             _ = try indexPack(pack)
             if index.pendingCount > index.pendingLimit { try index.flush() }
@@ -243,7 +243,7 @@ public final class Store: @unchecked Sendable {
 
     /// Rebuilds the index from the packs alone (`vdiskfs verify --rebuild-index`).
     public func rebuildIndex(progress: ((Int64, Int64) -> Void)?) throws {
-        let numbers = try packNumbers()
+        let numbers = try indexablePackNumbers()
         var total: Int64 = 0
         for p in numbers { total += try backend.packSize(p) ?? 0 }
         var done: Int64 = 0
@@ -260,6 +260,16 @@ public final class Store: @unchecked Sendable {
 
     /// Numbers of every pack in the store, ascending.
     func packNumbers() throws -> [UInt64] { try backend.packNumbers() }
+
+    /// ``packNumbers()`` for the index, which holds pack numbers up to 2^32 − 1 (writers
+    /// number packs from 1, one by one): a pack numbered past that is not one of this store's.
+    private func indexablePackNumbers() throws -> [UInt64] {
+        let numbers = try packNumbers()
+        if let last = numbers.last, last > UInt64(UInt32.max) {
+            throw StoreError.corruptStore(detail: "pack \(PackFormat.fileName(last)) has a number past what the index holds (2^32 - 1)")
+        }
+        return numbers
+    }
 
     // MARK: reading
 
