@@ -268,56 +268,20 @@ public func packRecords(_ b: [UInt8]) -> [(RecordKind, ChunkRef)] {
 
 // MARK: known bugs shared by several targets (VDISKFS_FUZZ_SKIP_KNOWN=1)
 
-/// Namespace.decode reserves dictionary room for the entry count the record states
-/// (Namespace.swift:63): a damaged count of up to 2^32 asks for up to ~400 GiB.
-public func namespaceCountIsHuge(_ record: [UInt8]) -> Bool {
-    record.count >= 20 && record.starts(with: Namespace.magic) && getLE32(record, 16) > 1 << 20
-}
-
-/// Namespace.decode takes any image size and depths up to 8; ImageRoot.blockCount computes
-/// size + block size − 1 (HashTree.swift:24: a trap for sizes within a block of 2^64) and
-/// TreeNode.span(ofLevel: depth − 1) 1024^level (HashTree.swift:50: a trap for depth 8), both
-/// on every read of the image (Store.blockRef, blockRefs, forEachLeaf, Volume).
-public func namespaceImageOverflows(_ ns: Namespace) -> Bool {
-    ns.entries.values.contains { e in
-        guard let img = e.image else { return false }
-        return img.size > UInt64.max - UInt64(img.blockSize - 1) || img.depth >= 8
-    }
-}
-
 /// Known bugs an intact-checksum pack (already fixed up) triggers when a store opens and
-/// reads it: a header naming a pack number the index cannot hold (ChunkIndex.swift:193), a
-/// namespace record with a huge entry count, a ref stating a huge record length, a tree
-/// entry naming a member its grouped record does not have.
+/// reads it: a tree entry naming a member its grouped record does not have.
 public func knownPackBug(_ b: [UInt8]) -> String? {
     guard b.count >= PackFormat.headerSize, b.starts(with: PackFormat.magic) else { return nil }
     let pack = getLE64(b, 16)
-    if pack > UInt64(UInt32.max) { return "index-pack-number" }
     let reader = PackReader(backend: StoreFixture.packDirectory(pack: b, number: pack))
-    // PackReader.withRecord allocates the record length a ref states before reading
-    // (PackReader.swift:53-54): a ref in a tree node, namespace or snapshot table may ask for
-    // up to 4 GiB, although no record is longer than PackFormat.maxRecordLength.
-    func huge(_ r: ChunkRef) -> Bool { Int(r.location.storedLength) > PackFormat.maxRecordLength }
-    for (kind, ref) in packRecords(b) where kind != .data {
-        guard let raw = try? reader.readBytes(ref, kind: kind) else { continue }
-        switch kind {
-        case .namespace:
-            if namespaceCountIsHuge(raw) { return "namespace-reserve" }
-            guard let ns = try? Namespace.decode(raw) else { continue }
-            if namespaceImageOverflows(ns) { return "namespace-image-overflow" }
-            if ns.entries.values.contains(where: { $0.image.map { huge($0.root) } ?? false }) { return "record-length-allocation" }
-        case .tree:
-            guard let node = try? TreeNode.decode(raw, what: "node") else { continue }
-            if node.refs.contains(where: huge) { return "record-length-allocation" }
-            // PackReader.checked reads the hash of the member a ref names before checking
-            // that the group has it (PackFormat.memberHash, PackFormat.swift:234): past the
-            // record for a member ≥ the group's count.
-            if node.refs.contains(where: { $0.location.isGrouped && $0.location.member >= $0.location.memberCount }) {
-                return "group-member-out-of-range"
-            }
-        case .snapshotTable:
-            if let table = try? Snapshot.decodeTable(raw), table.contains(where: { huge($0.namespace) }) { return "record-length-allocation" }
-        case .data: break
+    for (kind, ref) in packRecords(b) where kind == .tree {
+        guard let raw = try? reader.readBytes(ref, kind: kind),
+              let node = try? TreeNode.decode(raw, what: "node") else { continue }
+        // PackReader.checked reads the hash of the member a ref names before checking
+        // that the group has it (PackFormat.memberHash, PackFormat.swift:234): past the
+        // record for a member ≥ the group's count.
+        if node.refs.contains(where: { $0.location.isGrouped && $0.location.member >= $0.location.memberCount }) {
+            return "group-member-out-of-range"
         }
     }
     return nil

@@ -15,7 +15,6 @@ public func initialize(_ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMutabl
 public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let bytes = bytesOf(data, size)
     let disk = reader(bytes)
-    if skipKnownBugs, knownBug(bytes, disk) != nil { return -1 }  // -1: not added to the corpus
     // The image block size import uses (4 KiB, the default) and the largest one.
     for blockSize in [4096, 65536] {
         let layout = DiskLayout.probe(disk, blockSize: blockSize)
@@ -36,52 +35,6 @@ func reader(_ bytes: [UInt8]) -> DiskReader {
         if n > 0 { bytes.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + Int(offset), byteCount: n) } }
         return n
     }
-}
-
-// MARK: known bugs
-//
-// With VDISKFS_FUZZ_SKIP_KNOWN=1, inputs that would hit a crash already reported are skipped
-// so that a run can go past them (the crash inputs are in fuzz/regressions/fuzz-disk/). Each
-// check mirrors the parser up to the faulty expression. Delete a check once its bug is fixed.
-
-/// The name of the known bug `bytes` triggers, if any.
-func knownBug(_ b: [UInt8], _ disk: DiskReader) -> String? {
-    func le32(_ o: Int) -> UInt64 { UInt64(getLE32(b, o)) }
-    func le64(_ o: Int) -> UInt64 { le32(o) | le32(o + 4) << 32 }
-    func mulOverflows(_ a: UInt64, _ m: UInt64) -> Bool { a.multipliedReportingOverflow(by: m).overflow }
-    // GPT (PartitionTable.gpt), reached from the first MBR entry of type 0xEE.
-    if b.count >= 512, b[510] == 0x55, b[511] == 0xAA,
-       (0..<4).contains(where: { b[446 + $0 * 16 + 4] == 0xEE && le32(446 + $0 * 16 + 12) != 0 }), b.count >= 604, Array(b[512..<520]) == Array("EFI PART".utf8) {
-        let lba = le64(512 + 0x48), count = Int(le32(512 + 0x50)), size = Int(le32(512 + 0x54))
-        if size >= 128, size <= 4096, count <= 1024 {
-            if mulOverflows(lba, 512) { return "gpt-table-offset" }          // PartitionTable.swift:48
-            let start = Int(clamping: lba * 512)
-            if start < b.count, b.count - start >= count * size {
-                for k in 0..<count {
-                    let e = start + k * size
-                    if b[e..<(e + 16)].allSatisfy({ $0 == 0 }) { continue }
-                    let first = le64(e + 32), last = le64(e + 40)
-                    guard last >= first else { continue }
-                    if mulOverflows(first, 512) || last - first == UInt64.max || mulOverflows(last - first + 1, 512) {
-                        return "gpt-entry-bounds"                             // PartitionTable.swift:56
-                    }
-                    if (first * 512).addingReportingOverflow((last - first + 1) * 512).overflow {
-                        return "gpt-entry-end"                                // PartitionTable.swift:58
-                    }
-                }
-            }
-        }
-    }
-    // ext superblock (Ext4Bitmap.init): block count × block size overflows.
-    let parts = (try? PartitionTable.read(disk)) ?? []
-    for base in parts.isEmpty ? [UInt64(0)] : parts.map(\.offset) {
-        let sb = Int(clamping: base) + 1024
-        guard b.count >= sb + 1024, b[sb + 0x38] == 0x53, b[sb + 0x39] == 0xEF, le32(sb + 0x18) <= 6 else { continue }
-        let bs = UInt64(1024) << le32(sb + 0x18)
-        let count = le32(sb + 0x04) | (le32(sb + 0x60) & 0x80 != 0 ? le32(sb + 0x150) << 32 : 0)
-        if mulOverflows(count, bs) { return "ext-block-count" }               // Ext4Bitmap.swift:46
-    }
-    return nil
 }
 
 /// Synthetic partition tables (make-corpus.sh adds real ones with ext file systems).

@@ -29,7 +29,6 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     fixPackChecksums(&b)
     let index = b.count >= 20 ? Int(getLE32(b, 16)) & (segments - 1) : 0
     let generation = b.count >= 32 ? getLE64(b, 24) : 0
-    if skipKnownBugs, let bug = knownBug(generation) { if fuzzVerbose { print("skipped: \(bug)") }; return -1 }
     try? FileManager.default.removeItem(atPath: directory)
     try! FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     writeFile(directory + "/" + DiskCache.Segment.fileName(index), b)
@@ -68,15 +67,6 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         if let got = cache.record(for: ref, kind: .data) { precondition(got == record, "an inserted record comes back changed") }
     }
     return 0
-}
-
-// MARK: known bugs (VDISKFS_FUZZ_SKIP_KNOWN=1; see fuzz/regressions/fuzz-diskcache/)
-
-func knownBug(_ generation: UInt64) -> String? {
-    // Segment.decodeHeader takes any generation ≠ 0 with the segment's low bits; the index
-    // converts generations with Int(g) (DiskCache+Index.swift:126, :129 — a trap from 2^63
-    // on) and load/reserve add to them (DiskCache.swift: g + 16, activeGeneration + 1).
-    generation >= 1 << 62 ? "diskcache-generation-range" : nil
 }
 
 func seeds() -> [(String, [UInt8])] {
