@@ -201,14 +201,15 @@ extension Volume {
         let n = try writableImage(id)
         let size = stateLock.withLock { n.liveSize }
         guard offset < size, length > 0 else { return }
-        try zero(n, from: offset, to: min(size, offset + length), sizeAfter: size)
+        try zero(n, from: offset, to: min(size, offset.addingReportingOverflow(length).overflow ? size : offset + length), sizeAfter: size)
     }
 
     /// Zeros a range, extending the size unless `keepSize`. FALLOC_FL_ZERO_RANGE.
     public func zeroRange(_ id: NodeID, offset: UInt64, length: UInt64, keepSize: Bool) throws {
         let n = try writableImage(id)
         let size = stateLock.withLock { n.liveSize }
-        let end = offset + length
+        let (end, overflow) = offset.addingReportingOverflow(length)
+        guard !overflow, keepSize || end <= Self.maxSize else { throw StoreError.io(errno: EFBIG, context: "fallocate") }
         if offset < size { try zero(n, from: offset, to: min(size, end), sizeAfter: keepSize ? size : max(size, end)) }
         if !keepSize && end > size { try extend(n, to: end) }
     }
@@ -216,8 +217,8 @@ extension Volume {
     /// posix_fallocate: extends the size to cover the range unless `keepSize` (no space is reserved).
     public func allocate(_ id: NodeID, offset: UInt64, length: UInt64, keepSize: Bool) throws {
         let n = try writableImage(id)
-        let end = offset + length
-        guard end <= Self.maxSize else { throw StoreError.io(errno: EFBIG, context: "fallocate") }
+        let (end, overflow) = offset.addingReportingOverflow(length)
+        guard !overflow, end <= Self.maxSize else { throw StoreError.io(errno: EFBIG, context: "fallocate") }
         if !keepSize && end > stateLock.withLock({ n.liveSize }) { try extend(n, to: end) }
     }
 

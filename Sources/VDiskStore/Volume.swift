@@ -546,6 +546,7 @@ public final class Volume: @unchecked Sendable {
         var delta: Int64 = 0
         if let size = c.size {
             guard !n.isDirectory else { throw StoreError.io(errno: EISDIR, context: "truncate") }
+            guard size <= Self.maxSize else { throw StoreError.io(errno: EFBIG, context: "truncate") }
             if size != stateLock.withLock({ n.liveSize }) || stateLock.withLock({ n.root.size }) != size {
                 if stateLock.withLock({ n.hasDirtyBlocks || n.liveSize != n.root.size }) { try flushLocked() }
                 let root = stateLock.withLock { n.root }

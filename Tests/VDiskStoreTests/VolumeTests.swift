@@ -70,6 +70,22 @@ final class VolumeTests: XCTestCase {
         XCTAssertTrue(try Verifier.verify(s).isClean)
     }
 
+    /// Sizes past Volume.maxSize (2^50) are EFBIG however they are asked for, and ranges whose
+    /// end overflows 64 bits never trap; the image is left as it was.
+    func testSizesPastTheLimitAreRefused() throws {
+        let v = try openVolume()
+        let f = try v.createImage(parent: Volume.rootNode, name: "big.img", mode: 0o644, uid: 0, gid: 0).node
+        try write(v, f, 0, randomBytes(seed: 3, 10000))
+        func isEFBIG(_ e: StoreError) -> Bool { if case .io(let errno, _) = e { return errno == EFBIG }; return false }
+        XCTAssertThrowsStoreError(try v.setAttributes(f, AttributeChanges(size: Volume.maxSize + 1)), isEFBIG)
+        XCTAssertThrowsStoreError(try v.zeroRange(f, offset: 4096, length: Volume.maxSize, keepSize: false), isEFBIG)
+        XCTAssertThrowsStoreError(try v.zeroRange(f, offset: UInt64.max - 10, length: 100, keepSize: false), isEFBIG)
+        XCTAssertThrowsStoreError(try v.allocate(f, offset: UInt64.max - 10, length: 100, keepSize: false), isEFBIG)
+        try v.punchHole(f, offset: 8192, length: UInt64.max)   // to the end of the image
+        XCTAssertEqual(try v.attributes(f).size, 10000)
+        XCTAssertEqual(try read(v, f, 8192, 10000 - 8192), [UInt8](repeating: 0, count: 10000 - 8192))
+    }
+
     func testTruncatePunchSeekAndClone() throws {
         let v = try openVolume()
         let f = try v.createImage(parent: Volume.rootNode, name: "a.img", mode: 0o644, uid: 0, gid: 0).node
