@@ -62,7 +62,6 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     guard let (index, torn) = try? ChunkIndex.open(path: path) else { return 0 }
     if fuzzVerbose { print("index: \(index.entryCount) entries through pack \(index.indexedThrough), torn: \(torn)") }
     if torn { return 0 }  // Store.open resets and rebuilds it
-    if skipKnownBugs, let bug = knownBug(b) { if fuzzVerbose { print("skipped: \(bug)") }; return -1 }
     // flush doubles the table while the header's entry count (plus pending) passes 70 % of
     // its capacity. The entries really there fit in the file, so honest growth is one
     // doubling (two with the pending ones); a count that asks for more makes a small damaged
@@ -104,27 +103,8 @@ public func fuzzOne(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     return 0
 }
 
-// MARK: known bugs (VDISKFS_FUZZ_SKIP_KNOWN=1; see fuzz/regressions/fuzz-index/)
-
-/// For an index that opened and is not torn.
-func knownBug(_ b: [UInt8]) -> String? {
-    // A clean (not dirty) index's buckets are not checked at open; a bucket count above 127
-    // is then used as is by flush (ChunkIndex.swift:244-255: reads and writes past the
-    // 4 KiB page), grow (:339-344: past the map and the output) and remove (:290-305).
-    let bits = Int(getLE32(b, 12))
-    var held: UInt64 = 0
-    for bucket in 0..<(1 << bits) {
-        let p = (bucket + 1) * page
-        let n = Int(b[p]) | Int(b[p + 1]) << 8
-        if n > ChunkIndex.bucketCapacity { return "bucket-count" }
-        held += UInt64(n)
-    }
-    // The header's entry count is not checked against the buckets either: remove subtracts
-    // what it drops from it (ChunkIndex.swift:310) and underflows when the buckets hold more.
-    let count = getLE64(b, 16)
-    if held > count { return "entry-count-below-buckets" }
-    return nil
-}
+// (Known bugs: none left. Bucket counts past capacity read as full, a header's entry count
+// the table cannot hold means a rebuild, and remove never underflows the count: 7217699.)
 
 /// Index files with 2 and 4 buckets (bits 1 and 2), made by the real writer: an empty table
 /// grown by flushes, then shrunk to the wanted size by rewriting the header.
