@@ -75,35 +75,17 @@ extension DiskCache {
                          _ body: (Int64, PackFormat.RecordHeader) -> Void) throws -> ScanResult {
             let fileLength = min(try fd.byteSize(), limit)
             fd.adviseSequential()
-            let window = 4 << 20
-            let maxRecord = PackFormat.recordHeaderSize + maxStoredLength
-            let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: window + maxRecord, alignment: 16)
-            defer { buf.deallocate() }
-            var bufStart = Int64(headerSize)
-            var bufLen = 0
+            let reader = WindowedReader(window: 4 << 20, largestRecord: PackFormat.recordHeaderSize + maxStoredLength) {
+                try fd.readFully(into: $0, at: $1)
+            }
             var offset = Int64(headerSize)
             var damaged = 0
-            /// Makes [offset, offset + need) present in `buf`.
-            func fill(_ need: Int) throws -> Bool {
-                if offset >= bufStart && offset + Int64(need) <= bufStart + Int64(bufLen) { return true }
-                let keep = max(0, Int(bufStart + Int64(bufLen) - offset))
-                if keep > 0 { buf.baseAddress!.copyMemory(from: buf.baseAddress! + Int(offset - bufStart), byteCount: keep) }
-                bufStart = offset
-                bufLen = keep
-                let want = min(max(need, window), buf.count) - bufLen
-                if want > 0 {
-                    bufLen += try fd.readFully(into: UnsafeMutableRawBufferPointer(rebasing: buf[bufLen..<(bufLen + want)]),
-                                               at: bufStart + Int64(bufLen))
-                }
-                return bufLen >= need
-            }
             while offset + Int64(PackFormat.recordHeaderSize) <= fileLength {
-                guard try fill(PackFormat.recordHeaderSize) else { break }
-                guard let h = PackFormat.loadRecordHeader(buf.baseAddress! + Int(offset - bufStart)),
-                      h.storedLength <= maxStoredLength else { break }
+                guard let hp = try reader.bytes(at: offset, count: PackFormat.recordHeaderSize),
+                      let h = PackFormat.loadRecordHeader(hp), h.storedLength <= maxStoredLength else { break }
                 let length = PackFormat.recordHeaderSize + h.storedLength
-                guard offset + Int64(length) <= fileLength, try fill(length) else { break }
-                let record = UnsafeRawBufferPointer(start: buf.baseAddress! + Int(offset - bufStart), count: length)
+                guard offset + Int64(length) <= fileLength, let p = try reader.bytes(at: offset, count: length) else { break }
+                let record = UnsafeRawBufferPointer(start: p, count: length)
                 if PackFormat.recordChecksumMatches(record, header: h) { body(offset, h) } else { damaged += 1 }
                 offset += Int64(length)
             }

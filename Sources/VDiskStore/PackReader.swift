@@ -160,36 +160,16 @@ struct PackScanner {
         guard pack == number else { throw StoreError.corruptStore(detail: "\(file)'s header names pack \(pack)") }
 
         // Read in large windows; a record never exceeds maxRecordLength.
-        let window = 8 << 20
-        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: window + PackFormat.maxRecordLength + PackFormat.recordHeaderSize, alignment: 16)
-        defer { buf.deallocate() }
-        var bufStart = Int64(PackFormat.headerSize)
-        var bufLen = 0
+        let reader = WindowedReader(window: 8 << 20, largestRecord: PackFormat.recordHeaderSize + PackFormat.maxRecordLength, read: read)
         var offset = Int64(PackFormat.headerSize)
-        func fill(_ need: Int) throws -> Bool {
-            // Ensure [offset, offset+need) is in buf.
-            if offset >= bufStart && offset + Int64(need) <= bufStart + Int64(bufLen) { return true }
-            let keep = Int(bufStart + Int64(bufLen) - offset)
-            if keep > 0 { buf.baseAddress!.copyMemory(from: buf.baseAddress! + Int(offset - bufStart), byteCount: keep) }
-            bufStart = offset
-            bufLen = max(keep, 0)
-            let want = max(need, window) - bufLen
-            if want > 0 {
-                bufLen += try read(UnsafeMutableRawBufferPointer(rebasing: buf[bufLen..<(bufLen + min(want, buf.count - bufLen))]),
-                                   at: bufStart + Int64(bufLen))
-            }
-            return bufLen >= need
-        }
         while offset + Int64(PackFormat.recordHeaderSize) <= length {
-            guard try fill(PackFormat.recordHeaderSize) else { break }
-            let hp = buf.baseAddress! + Int(offset - bufStart)
-            guard let h = PackFormat.loadRecordHeader(hp) else { break }
+            guard let hp = try reader.bytes(at: offset, count: PackFormat.recordHeaderSize),
+                  let h = PackFormat.loadRecordHeader(hp) else { break }
             let recLen = PackFormat.recordHeaderSize + h.storedLength
             guard offset + Int64(recLen) <= length else { break }
             var members: [ChunkRef]
             if h.memberCount > 1 {
-                guard try fill(h.encodedStart) else { break }
-                let p = buf.baseAddress! + Int(offset - bufStart)
+                guard let p = try reader.bytes(at: offset, count: h.encodedStart) else { break }
                 let first = ChunkLocation(pack: pack, offset: UInt32(offset), groupStoredLength: UInt32(h.storedLength),
                                           member: 0, of: h.memberCount)
                 members = (0..<h.memberCount).map { ChunkRef(hash: PackFormat.memberHash(p, h, $0)!, location: first.withMember($0)) }
@@ -199,8 +179,8 @@ struct PackScanner {
             var ok = true
             var bytes = UnsafeRawBufferPointer(start: nil, count: 0)
             if withPayloads {
-                guard try fill(recLen) else { break }
-                bytes = UnsafeRawBufferPointer(start: buf.baseAddress! + Int(offset - bufStart), count: recLen)
+                guard let p = try reader.bytes(at: offset, count: recLen) else { break }
+                bytes = UnsafeRawBufferPointer(start: p, count: recLen)
                 ok = PackFormat.recordChecksumMatches(bytes, header: h)
             }
             let ref = ChunkRef(hash: h.hash, location: ChunkLocation(pack: pack, offset: UInt32(offset), storedLength: UInt32(h.storedLength)))

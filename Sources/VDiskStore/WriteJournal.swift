@@ -111,34 +111,19 @@ final class WriteJournal: @unchecked Sendable {
 
     private static func replay(_ fd: FileDescriptor, path: String, _ body: (Record) throws -> Void) throws {
         let length = try fd.byteSize()
-        let window = 4 << 20
-        let maxRecord = headerSize + Int(UInt16.max) + (1 << 20)
-        let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: window + maxRecord, alignment: 16)
-        defer { buf.deallocate() }
-        var bufStart: Int64 = 0, bufLen = 0, off: Int64 = 0
-        /// Makes [off, off + need) available in `buf`; false at the end of the file.
-        func fill(_ need: Int) throws -> Bool {
-            if off >= bufStart && off + Int64(need) <= bufStart + Int64(bufLen) { return true }
-            let keep = max(0, Int(bufStart + Int64(bufLen) - off))
-            if keep > 0 { buf.baseAddress!.copyMemory(from: buf.baseAddress! + Int(off - bufStart), byteCount: keep) }
-            bufStart = off
-            bufLen = keep
-            let want = min(buf.count, max(need, window)) - bufLen
-            if want > 0 {
-                bufLen += try fd.readFully(into: UnsafeMutableRawBufferPointer(rebasing: buf[bufLen..<(bufLen + want)]), at: bufStart + Int64(bufLen))
-            }
-            return bufLen >= need
+        let reader = WindowedReader(window: 4 << 20, largestRecord: headerSize + Int(UInt16.max) + (1 << 20)) {
+            try fd.readFully(into: $0, at: $1)
         }
+        var off: Int64 = 0
         while off + Int64(headerSize) <= length {
-            guard try fill(headerSize) else { break }
-            var p = UnsafeRawPointer(buf.baseAddress! + Int(off - bufStart))
-            guard UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)) == magic,
+            guard var p = try reader.bytes(at: off, count: headerSize),
+                  UInt32(littleEndian: p.loadUnaligned(as: UInt32.self)) == magic,
                   let kind = Kind(rawValue: p.load(fromByteOffset: 4, as: UInt8.self)) else { break }
             let pathLen = Int(UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 6, as: UInt16.self)))
             let payLen = Int(UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 24, as: UInt32.self)))
             let total = headerSize + pathLen + payLen
-            guard payLen <= 1 << 20, off + Int64(total) <= length, try fill(total) else { break }
-            p = UnsafeRawPointer(buf.baseAddress! + Int(off - bufStart))
+            guard payLen <= 1 << 20, off + Int64(total) <= length, let whole = try reader.bytes(at: off, count: total) else { break }
+            p = whole
             var crc = crc32c(UnsafeRawBufferPointer(start: p, count: 28))
             crc = crc32c(UnsafeRawBufferPointer(start: p + headerSize, count: pathLen + payLen), seed: crc)
             guard crc == UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 28, as: UInt32.self)) else { break }
