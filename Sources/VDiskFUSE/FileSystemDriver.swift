@@ -117,6 +117,8 @@ final class FileSystemDriver: @unchecked Sendable {
             changes.mtime = st.st_mtim.nanoseconds; any = true
         }
         if toSet & FUSE_SET_ATTR_CTIME != 0 { changes.ctime = st.st_ctim.nanoseconds; any = true }
+        // FATTR_KILL_SUIDGID (libfuse's name predates it): a truncate by a caller without CAP_FSETID.
+        if toSet & FUSE_SET_ATTR_KILL_SUID != 0 { changes.clearingSetID = true }
         // Access times are not kept: an atime-only change succeeds without effect.
         do {
             var reply = (any ? try volume.setAttributes(node, changes) : try volume.attributes(node)).stat
@@ -236,7 +238,10 @@ final class FileSystemDriver: @unchecked Sendable {
                _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         guard offset >= 0 else { fuse_reply_err(req, EINVAL); return }
         do {
-            let n = try volume.write(node, offset: UInt64(offset), data: UnsafeRawBufferPointer(start: data, count: size))
+            // libfuse 3.14 drops the write's FUSE_WRITE_KILL_SUIDGID flag: a caller other than
+            // root stands for one without CAP_FSETID.
+            let n = try volume.write(node, offset: UInt64(offset), data: UnsafeRawBufferPointer(start: data, count: size),
+                                     clearingSetID: caller(req).uid != 0)
             try synchronizeIfSync(node, fi)
             fuse_reply_write(req, n)
         } catch { fail(req, error, "write") }

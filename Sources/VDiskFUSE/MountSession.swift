@@ -54,6 +54,7 @@ public struct MountSession {
                 log("\(Self.timestamp()) vdiskfs: mounted \(storePath) on \(mountpoint)")
                 control = VolumeControl.start(volume: volume, hooks: fuse.hooks)
                 volume.setInvalidation(fuse.hooks.invalidate)
+                volume.setAttributeInvalidation { [fuse] node in fuse.invalidateAttributes(node) }
                 if let every = volumeOptions.snapshotInterval {
                     schedule = SnapshotSchedule(volume: volume, interval: every, policy: volumeOptions.retention)
                     schedule?.start()

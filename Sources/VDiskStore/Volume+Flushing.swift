@@ -64,6 +64,7 @@ extension Volume {
                 frozenSegments.append(segment)
                 segment = try journal.createSegment(segment.sequence + 1)
                 currentDirtyBlocks = 0
+                countFrozenLocked()
                 return true
             }
         }
@@ -158,20 +159,28 @@ extension Volume {
             lastFlushError = nil
             let segs = frozenSegments
             frozenSegments = []
+            countFrozenLocked()
             return segs
         }
         for s in done { journal.delete(s) }
         vdisk_release_free_memory()
     }
 
+    /// Recounts `frozenBlocks` and `frozenJournalBytes`. Call with `stateLock` held.
+    func countFrozenLocked() {
+        frozenBlocks = nodes.values.reduce(0) { $0 + $1.frozen.count }
+        frozenJournalBytes = frozenSegments.reduce(0) { $0 + $1.size }
+    }
+
     func wakeFlusher() {
-        flusherWake.lock(); flusherWake.signal(); flusherWake.unlock()
+        flusherWake.lock(); flushRequested = true; flusherWake.signal(); flusherWake.unlock()
     }
 
     func flusherLoop() {
         while true {
             flusherWake.lock()
-            if !stopping { _ = flusherWake.wait(until: Date().addingTimeInterval(options.flushInterval)) }
+            if !stopping && !flushRequested { _ = flusherWake.wait(until: Date().addingTimeInterval(options.flushInterval)) }
+            flushRequested = false
             let stop = stopping
             flusherWake.unlock()
             if stop { return }

@@ -45,9 +45,10 @@ extension Volume {
     }
 
 
-    /// Appends block writes for `n` to the journal and records them as dirty.
-    /// Call with `n.writeLock` held.
-    func append(_ n: Node, _ writes: [(UInt64, BlockWrite)], sizeAfter: UInt64) throws {
+    /// Appends block writes for `n` to the journal and records them as dirty; with
+    /// `clearingSetID`, the write also clears the set-user-ID and set-group-ID bits
+    /// (see ``modeClearingSetID(_:)``). Call with `n.writeLock` held.
+    func append(_ n: Node, _ writes: [(UInt64, BlockWrite)], sizeAfter: UInt64, clearingSetID: Bool = false) throws {
         try waitForJournalSpace()
         let path = Array((stateLock.withLock { n.path } ?? "").utf8)
         var total = 0
@@ -80,6 +81,7 @@ extension Volume {
                 at += WriteJournal.recordSize(pathBytes: path.count, payload: 0)
             }
         }
+        var modeChanged: (@Sendable (NodeID) -> Void)?
         try appendLock.withReadLock {
             let (seg, base): (WriteJournal.Segment, Int64) = stateLock.withLock {
                 let s: WriteJournal.Segment = segment
@@ -109,28 +111,39 @@ extension Volume {
                     if !Self.isZero(new) { n.dirtyData += 1 }
                 }
                 n.liveSize = max(n.liveSize, sizeAfter)
+                if clearingSetID && Self.modeClearingSetID(n.mode) != n.mode {
+                    n.mode = Self.modeClearingSetID(n.mode)
+                    modeChanged = invalidateAttributes
+                }
                 let t = now()
                 n.mtime = t
                 n.ctime = t
             }
         }
+        // The kernel caches the mode; a cleared set-ID bit must not outlive this write there.
+        modeChanged?(n.id)
         if stateLock.withLock({ segment.size > options.flushThreshold || currentDirtyBlocks > maxDirtyBlocks / 4 }) { wakeFlusher() }
     }
 
-    /// Dirty blocks writers may have before they wait: as many as the journal limit holds.
-    var maxDirtyBlocks: Int { Int(options.journalLimit / 4096) }
+    /// Dirty blocks writers may have before they wait: as many as the journal limit holds,
+    /// less 1/32 for writes already past the check (8 threads × 256 blocks), so that a map
+    /// of that many entries does not double its table.
+    var maxDirtyBlocks: Int { Int(options.journalLimit / 4096) * 31 / 32 }
 
     func journalFull() -> Bool {
-        stateLock.withLock { segment.size > options.journalLimit || currentDirtyBlocks > maxDirtyBlocks }
+        stateLock.withLock {
+            segment.size + frozenJournalBytes > options.journalLimit || currentDirtyBlocks + frozenBlocks > maxDirtyBlocks
+        }
     }
 
     func waitForJournalSpace() throws {
         guard journalFull() else { return }
-        wakeFlusher()
         spaceFreed.lock()
         defer { spaceFreed.unlock() }
         while journalFull() {
             if closed { throw StoreError.io(errno: EIO, context: "volume closed") }
+            // Again each time: the flush that ended may have started before these blocks.
+            wakeFlusher()
             _ = spaceFreed.wait(until: Date().addingTimeInterval(1))
             if let e = stateLock.withLock({ lastFlushError }), e.errno == ENOSPC { throw e }
         }
@@ -151,7 +164,10 @@ extension Volume {
     }
 
     /// Writes `data` at `offset`, extending the file if needed; returns the bytes written.
-    public func write(_ id: NodeID, offset: UInt64, data: UnsafeRawBufferPointer) throws -> Int {
+    /// `clearingSetID`: the writer lacks CAP_FSETID, so the write clears the set-user-ID and
+    /// set-group-ID bits as a write on Linux does (the mount asks the kernel to leave this
+    /// to the file system, FUSE_HANDLE_KILLPRIV_V2).
+    public func write(_ id: NodeID, offset: UInt64, data: UnsafeRawBufferPointer, clearingSetID: Bool = false) throws -> Int {
         let n = try writableImage(id)
         guard data.count > 0 else { return 0 }
         guard offset + UInt64(data.count) <= Self.maxSize else { throw StoreError.io(errno: EFBIG, context: "write") }
@@ -180,7 +196,7 @@ extension Volume {
             }
             writes.append((b, isAllZero(block) ? .zero : .bytes(block)))
         }
-        try append(n, writes, sizeAfter: max(stateLock.withLock { n.liveSize }, end))
+        try append(n, writes, sizeAfter: max(stateLock.withLock { n.liveSize }, end), clearingSetID: clearingSetID)
         return data.count
     }
 

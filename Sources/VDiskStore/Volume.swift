@@ -134,6 +134,9 @@ public final class Volume: @unchecked Sendable {
     let cache: ChunkCache
     var flusher: Thread?
     let flusherWake = NSCondition()
+    /// A flush was asked for since the flusher last started one (guarded by `flusherWake`,
+    /// so that a wake-up sent while it is busy is not lost).
+    var flushRequested = false
     var stopping = false
     var closed = false
     /// Writers waiting for journal space wait on this.
@@ -141,6 +144,11 @@ public final class Volume: @unchecked Sendable {
     /// Entries in the current dirty maps: bounded like the journal's bytes, since a ref or
     /// zero record takes little journal but as much memory as a data block's entry.
     var currentDirtyBlocks = 0
+    /// Entries in the frozen maps and bytes of the frozen segments, counted against the same
+    /// limits as the current ones: the journal's disk and the dirty maps' memory are bounded
+    /// as a whole, not once for each flush in progress.
+    var frozenBlocks = 0
+    var frozenJournalBytes: Int64 = 0
     /// The last flush failure, reported to writers while the journal is full.
     var lastFlushError: StoreError?
     /// Shared stores: the leases this volume holds, by image path, and the write handles
@@ -151,9 +159,19 @@ public final class Volume: @unchecked Sendable {
     /// driver through ``setInvalidation(_:)``; guarded by `stateLock`).
     var invalidateNode: @Sendable (NodeID) -> Void = { _ in }
 
+    /// Drops the kernel's cached attributes of a node whose mode a write changed (set through
+    /// ``setAttributeInvalidation(_:)``; guarded by `stateLock`).
+    var invalidateAttributes: @Sendable (NodeID) -> Void = { _ in }
+
     /// Tells the volume how to drop the kernel's cache of a node (the driver, once mounted).
     public func setInvalidation(_ invalidate: @escaping @Sendable (NodeID) -> Void) {
         stateLock.withLock { invalidateNode = invalidate }
+    }
+
+    /// Tells the volume how to drop the kernel's cached attributes of a node (not its pages):
+    /// safe to call while the node is being written.
+    public func setAttributeInvalidation(_ invalidate: @escaping @Sendable (NodeID) -> Void) {
+        stateLock.withLock { invalidateAttributes = invalidate }
     }
 
     /// Opens the volume over a store opened read-write, replaying a journal left by a crash.
@@ -533,6 +551,15 @@ public final class Volume: @unchecked Sendable {
         }
     }
 
+    /// `mode` without set-user-ID, and without set-group-ID when the group may execute (a
+    /// set-group-ID bit without group execute marks mandatory locking and stays): what Linux
+    /// does on a write or truncate by a process without CAP_FSETID, and on any chown.
+    public static func modeClearingSetID(_ mode: UInt32) -> UInt32 {
+        var m = mode & ~UInt32(S_ISUID)
+        if mode & UInt32(S_IXGRP) != 0 { m &= ~UInt32(S_ISGID) }
+        return m
+    }
+
     /// Changes mode, owner, size (truncate/extend) or times; returns the new attributes.
     public func setAttributes(_ id: NodeID, _ c: AttributeChanges) throws -> NodeAttributes {
         if id == Self.rootNode { return try attributes(id) }
@@ -572,6 +599,12 @@ public final class Volume: @unchecked Sendable {
         let changed: Namespace.Entry = stateLock.withLock {
             var e = n.entry()
             if let m = c.mode { e.mode = (e.mode & ~0o7777) | (m & 0o7777) }
+            // Linux: chown of a file clears its set-ID bits, whoever calls it (the kernel
+            // leaves this to the file system: FUSE_HANDLE_KILLPRIV_V2); so does a truncate
+            // by someone without CAP_FSETID. An explicit mode in the same call wins.
+            if c.mode == nil && !n.isDirectory && (c.clearingSetID || c.uid != nil || c.gid != nil) {
+                e.mode = Self.modeClearingSetID(e.mode)
+            }
             if let u = c.uid { e.uid = u }
             if let g = c.gid { e.gid = g }
             if let r = newRoot { e.image = r; e.mtime = t }

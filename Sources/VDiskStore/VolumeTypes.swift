@@ -41,8 +41,13 @@ public struct AttributeChanges: Sendable {
     /// Nanoseconds since the epoch.
     public var mtime: Int64?
     public var ctime: Int64?
-    public init(mode: UInt32? = nil, uid: UInt32? = nil, gid: UInt32? = nil, size: UInt64? = nil, mtime: Int64? = nil, ctime: Int64? = nil) {
+    /// A truncate by someone without CAP_FSETID: clear the set-user-ID and set-group-ID
+    /// bits (``Volume/modeClearingSetID(_:)``). A change of owner or group clears them always.
+    public var clearingSetID = false
+    public init(mode: UInt32? = nil, uid: UInt32? = nil, gid: UInt32? = nil, size: UInt64? = nil, mtime: Int64? = nil, ctime: Int64? = nil,
+                clearingSetID: Bool = false) {
         self.mode = mode; self.uid = uid; self.gid = gid; self.size = size; self.mtime = mtime; self.ctime = ctime
+        self.clearingSetID = clearingSetID
     }
 }
 
@@ -65,9 +70,12 @@ public struct VolumeOptions: Sendable {
     public var flushInterval: Double = 5
     /// ...or when the journal passes this many bytes.
     public var flushThreshold: Int64 = 256 << 20
-    /// Writers wait (they do not fail) when the journal passes this many bytes, or holds
-    /// more dirty blocks than this many bytes of 4 KiB blocks (bounding memory too).
-    public var journalLimit: Int64 = 1 << 30
+    /// Writers wait (they do not fail) when the journal (every segment, the ones being
+    /// flushed included) passes this many bytes, or holds more dirty blocks than this many
+    /// bytes of 4 KiB blocks (bounding memory too: each takes a 24-byte slot in a dirty map,
+    /// whose table is at most 3/4 full and is copied while it grows). 768 MiB is 196608
+    /// blocks, which fill a 2^18-slot table exactly.
+    public var journalLimit: Int64 = 768 << 20
     /// Block size of images created on the volume.
     public var newImageBlockSize: UInt32 = 4096
     /// List `.snapshots` in the top directory (it is always reachable by name).

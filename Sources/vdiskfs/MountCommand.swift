@@ -29,6 +29,8 @@ struct MountCommand: ParsableCommand {
     var diskCacheSize: String?
     @Option(help: ArgumentHelp("Write-back journal directory (default STORE/journal); keep it on local disk.", valueName: "DIR"))
     var journal: String?
+    @Option(name: .customLong("journal-size"), help: ArgumentHelp("Writes the journal holds before writers wait for the flusher (default 768M, at least 16M); each 4 KiB block in it takes about 48 bytes of memory.", valueName: "SIZE"))
+    var journalSize: String?
     @Option(help: ArgumentHelp("The daemon's log file (default STORE/mount.log).", valueName: "FILE"))
     var log: String?
     @Option(help: ArgumentHelp("Kernel read-ahead of the mount (0 keeps the kernel's 128K).", valueName: "SIZE"))
@@ -53,6 +55,12 @@ struct MountCommand: ParsableCommand {
         }
         if let diskCache { volumeOptions.diskCacheDirectory = absolute(diskCache) }
         if let journal { volumeOptions.journalDirectory = absolute(journal) }
+        if let journalSize {
+            let bytes = try size(journalSize, "--journal-size")
+            guard bytes >= 16 << 20 else { throw StoreError.invalidArgument("--journal-size: \(journalSize) is less than 16M") }
+            volumeOptions.journalLimit = bytes
+            volumeOptions.flushThreshold = min(volumeOptions.flushThreshold, bytes / 4)
+        }
         volumeOptions.showSnapshotDirectory = showSnapshots
         if let snapshotEvery {
             guard let seconds = parseDuration(snapshotEvery), seconds >= 1 else {
@@ -75,6 +83,7 @@ struct MountCommand: ParsableCommand {
             if let diskCache { args += ["--disk-cache", absolute(diskCache)] }
             if let diskCacheSize { args += ["--disk-cache-size", diskCacheSize] }
             if let journal = volumeOptions.journalDirectory { args += ["--journal", journal] }
+            if let journalSize { args += ["--journal-size", journalSize] }
             if debug { args.append("--debug") }
             if showSnapshots { args.append("--show-snapshots") }
             if let snapshotEvery { args += ["--snapshot-every", snapshotEvery] }

@@ -158,6 +158,36 @@ final class MountTests: XCTestCase {
         XCTAssertTrue(df.contains(m.store), df)
     }
 
+    /// Linux's rule for set-ID bits, which the mount applies itself (it takes
+    /// FUSE_HANDLE_KILLPRIV_V2 so that writes cost one round trip): a write or truncate by
+    /// someone other than root clears them (set-group-ID only when the group may execute), a
+    /// write by root keeps them, chown clears them; the kernel's cached mode follows at once.
+    func testWritesTruncatesAndChownClearSetIDBits() throws {
+        let m = try MountFixture(self)
+        try m.mount("-o", "allow_other")
+        XCTAssertEqual(chmod(m.directory, 0o755), 0)
+        let f = m.path("s.img")
+        try sh("truncate -s 1M \(f)")
+        func mode() throws -> String { try sh("stat -c %a \(f)").trimmingCharacters(in: .whitespacesAndNewlines) }
+        func asNobody(_ command: String) throws { try sh("setpriv --reuid=65534 --regid=65534 --clear-groups sh -c '\(command)'") }
+        try sh("chmod 6777 \(f)")
+        try asNobody("echo x >> \(f)")
+        XCTAssertEqual(try mode(), "777")
+        try sh("chmod 6767 \(f)")
+        try asNobody("echo x >> \(f)")
+        XCTAssertEqual(try mode(), "2767")
+        try sh("chmod 6777 \(f) && echo x >> \(f)")
+        XCTAssertEqual(try mode(), "6777")
+        try asNobody("truncate -s 100 \(f)")
+        XCTAssertEqual(try mode(), "777")
+        try sh("chmod 6777 \(f) && chown 65534 \(f)")
+        XCTAssertEqual(try mode(), "777")
+        try sh("chmod 6777 \(f)")
+        try asNobody("echo x >> \(f)")
+        try m.remount()
+        XCTAssertEqual(try mode(), "777")
+    }
+
     func testODirectAlignedWriteAndRead() throws {
         let m = try MountFixture(self)
         try m.mount()

@@ -46,4 +46,16 @@ void vdisk_fuse_set_log_sink(void (*sink)(int level, const char *message));
 void vdisk_fuse_file_info_set_direct_io(struct fuse_file_info *fi, int on);
 void vdisk_fuse_file_info_set_keep_cache(struct fuse_file_info *fi, int on);
 
+// libfuse 3.14 cannot ask for FUSE_HANDLE_KILLPRIV_V2 (its INIT reply only carries the
+// capabilities it knows). Without it the kernel sends getxattr("security.capability") before
+// every write to a file system that implements getxattr: a second round trip per write. This
+// installs libfuse's custom I/O on the mounted session's device: reads note the kernel's INIT
+// request, and the INIT reply gets the flag when the kernel offered it. The file system then
+// clears set-user-ID and set-group-ID bits itself on write, truncate and chown.
+// Call after fuse_session_mount. Returns 0 or a negative errno.
+int vdisk_fuse_session_request_killpriv_v2(struct fuse_session *se);
+
+// Whether the kernel was answered with FUSE_HANDLE_KILLPRIV_V2 (known once INIT is answered).
+int vdisk_fuse_killpriv_v2_granted(void);
+
 #endif
