@@ -7,7 +7,9 @@ import SystemPackage
 /// It is a hash table of 4 KiB buckets chosen by the top bits of the hash (SHA-256 spreads
 /// evenly), mapped read-only for lookups and updated with pwrite. Memory does not grow with
 /// the store: the table lives in the page cache, which the kernel sizes; only entries added
-/// since the last flush are held on the heap. It doubles when it passes 70 % full.
+/// since the last flush are held on the heap. It doubles when it passes 70 % full. A mount
+/// (``readsBuckets``) reads each bucket with pread instead of touching the mapping, so none
+/// of the table counts in its RSS.
 ///
 /// It is derived data: a header flag marks it dirty while buckets are being written, and a
 /// crc32c per bucket catches a torn write, in which case it is rebuilt from the packs.
@@ -32,10 +34,8 @@ final class ChunkIndex: @unchecked Sendable {
         var entryCount: UInt64
         var indexedThrough: UInt64
         var pending: [ChunkHash: ChunkLocation] = [:]
-        /// Lookups since the mapped pages were last dropped from this process's RSS.
-        var lookupsSinceTrim = 0
         var pendingLimit = ChunkIndex.defaultPendingLimit
-        var trimsLookups = false
+        var readsBuckets = false
     }
 
     let path: String
@@ -48,17 +48,18 @@ final class ChunkIndex: @unchecked Sendable {
         set { state.withLock { $0.pendingLimit = newValue } }
     }
     static let defaultPendingLimit = 262_144
-    /// Lookups (or buckets a flush rewrites) between two drops of the mapped pages from RSS.
-    /// A fault maps up to 16 neighbouring pages that are in the page cache too (the kernel's
-    /// fault-around), so at most 16 × this many pages (16 MiB) of the index count in the
-    /// process's RSS, whatever the store's size.
-    static let lookupsPerTrim = 256
-    /// Whether lookups drop the mapped pages every ``lookupsPerTrim`` (a mount, whose memory
-    /// is bounded). Off for import: every lookup after a drop faults its page in again,
-    /// CPU an import has no reason to spend.
-    var trimsLookups: Bool {
-        get { state.withLock { $0.trimsLookups } }
-        set { state.withLock { $0.trimsLookups = newValue } }
+    /// Buckets a flush rewrites (or a growth reads) between two drops of the mapped pages
+    /// from RSS. A fault maps up to 16 neighbouring pages that are in the page cache too (the
+    /// kernel's fault-around), so at most 16 × this many pages (16 MiB) count in the
+    /// process's RSS while it runs.
+    static let bucketsPerTrim = 256
+    /// Whether lookups and flushes read buckets with pread (a mount, whose memory is
+    /// bounded) rather than through the mapping. A lookup through the mapping faults in 16
+    /// pages that then count in RSS; through pread it is a syscall and a 4 KiB copy from the
+    /// page cache. Off for import, whose lookups cost less through the mapping.
+    var readsBuckets: Bool {
+        get { state.withLock { $0.readsBuckets } }
+        set { state.withLock { $0.readsBuckets = newValue } }
     }
 
     private init(path: String, state: State) {
@@ -232,15 +233,26 @@ final class ChunkIndex: @unchecked Sendable {
         state.withLock { s in
             if let l = s.pending[hash] { return l }
             let b = Self.bucket(of: hash, bits: s.bits)
-            let found = Self.find(hash, in: s.map + (b + 1) * Self.pageSize)
-            s.lookupsSinceTrim += 1
-            if s.trimsLookups && s.lookupsSinceTrim >= Self.lookupsPerTrim {
-                // The pages stay in the page cache; a later lookup maps them again (a minor fault).
-                _ = madvise(s.map, s.mapLength, MADV_DONTNEED)
-                s.lookupsSinceTrim = 0
+            guard s.readsBuckets else { return Self.find(hash, in: s.map + (b + 1) * Self.pageSize) }
+            return withUnsafeTemporaryAllocation(byteCount: Self.pageSize, alignment: 16) { page in
+                // A bucket that cannot be read is treated as not holding the chunk: the
+                // chunk is stored again (a duplicate, never a wrong location).
+                guard Self.readBucket(s, b, into: page) else { return nil }
+                return Self.find(hash, in: UnsafeRawPointer(page.baseAddress!))
             }
-            return found
         }
+    }
+
+    /// Reads bucket `b` into `page` with pread (without mapping it). False on a read error.
+    private static func readBucket(_ s: State, _ b: Int, into page: UnsafeMutableRawBufferPointer) -> Bool {
+        (try? s.fd.readFully(into: page, at: Int64(b + 1) * Int64(pageSize))) == pageSize
+    }
+
+    /// Where the chunk with `hash` lives if it was added since the last flush: the cheap
+    /// re-check, under the store's write lock, for a chunk another thread stored between a
+    /// caller's ``lookup(_:)`` and its append (missing one only costs a duplicate record).
+    func lookupPending(_ hash: ChunkHash) -> ChunkLocation? {
+        state.withLock { $0.pending[hash] }
     }
 
     /// Records a chunk; it reaches disk at the next ``flush(indexedThrough:)``.
@@ -271,12 +283,15 @@ final class ChunkIndex: @unchecked Sendable {
             var sinceTrim = 0
             for (b, items) in byBucket {
                 sinceTrim += 1
-                if sinceTrim >= Self.lookupsPerTrim { _ = madvise(s.map, s.mapLength, MADV_DONTNEED); sinceTrim = 0 }
-                let src = s.map + (b + 1) * Self.pageSize
+                if sinceTrim >= Self.bucketsPerTrim && !s.readsBuckets { _ = madvise(s.map, s.mapLength, MADV_DONTNEED); sinceTrim = 0 }
                 var placed: [ChunkHash] = []
                 var added = 0
                 try page.withUnsafeMutableBytes { (p) throws in
-                    p.baseAddress!.copyMemory(from: src, byteCount: Self.pageSize)
+                    if s.readsBuckets {
+                        guard Self.readBucket(s, b, into: p) else { throw StoreError.io(errno: EIO, context: "read index bucket \(b) of \(path)") }
+                    } else {
+                        p.baseAddress!.copyMemory(from: s.map + (b + 1) * Self.pageSize, byteCount: Self.pageSize)
+                    }
                     var n = Self.bucketCount(p.baseAddress!)
                     for (h, l) in items {
                         // Replace the entry for a hash already present (a newer location wins).
@@ -308,8 +323,8 @@ final class ChunkIndex: @unchecked Sendable {
             } catch { throw StoreError.system(error, "write index", path: path) }
             if !s.pending.isEmpty { try grow(&s) }
             // The mapped pages stay in the page cache but leave this process's RSS, so the
-            // index's share of a mount's memory does not grow with the store.
-            _ = madvise(s.map, s.mapLength, MADV_DONTNEED)
+            // index's share of an import's memory does not grow with the store.
+            if !s.readsBuckets { _ = madvise(s.map, s.mapLength, MADV_DONTNEED) }
         }
         if pendingCount > 0 { try flush(indexedThrough: through) }
     }

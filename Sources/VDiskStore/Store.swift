@@ -396,7 +396,8 @@ public final class Store: @unchecked Sendable {
     func storeEncoded(hash: ChunkHash, kind: RecordKind, codec: Codec, rawLength: Int,
                       payload: UnsafeRawBufferPointer) throws -> ChunkRef {
         writeLock.lock(); defer { writeLock.unlock() }
-        if let loc = index.lookup(hash) { return ChunkRef(hash: hash, location: loc) }
+        // Callers looked the hash up already; another thread may have stored it since.
+        if let loc = index.lookupPending(hash) { return ChunkRef(hash: hash, location: loc) }
         let w = try requireWriter()
         let loc = try w.append(kind: kind, hash: hash, codec: codec, rawLength: rawLength, payload: payload)
         noteAppend(w, loc)
@@ -414,7 +415,7 @@ public final class Store: @unchecked Sendable {
         let loc = try w.append(kind: .data, hash: hashes[0], codec: codec, rawLength: rawLength, payload: payload, members: hashes.count)
         noteAppend(w, loc)
         return hashes.enumerated().map { m, h in
-            if let existing = index.lookup(h) { return ChunkRef(hash: h, location: existing) }
+            if let existing = index.lookupPending(h) { return ChunkRef(hash: h, location: existing) }
             index.insert(h, loc.withMember(m))
             return ChunkRef(hash: h, location: loc.withMember(m))
         }

@@ -184,7 +184,7 @@ public final class Volume: @unchecked Sendable {
         // The flusher's new index entries wait on the heap until a flush: keep them few
         // (32768 entries, about 3 MiB) so a mount's memory stays within its caches.
         store.index.pendingLimit = 32_768
-        store.index.trimsLookups = true
+        store.index.readsBuckets = true
         cache = ChunkCache(capacityBytes: options.cacheBytes - options.cacheBytes / 8)
         // A mount runs many FUSE threads; one malloc arena per thread would hold freed memory
         // apart and let RSS climb past the configured caches.
