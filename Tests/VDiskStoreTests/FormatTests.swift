@@ -15,6 +15,21 @@ final class FormatTests: XCTestCase {
         let whole = long.withUnsafeBytes { crc32c($0) }
         let split = long.withUnsafeBytes { b in crc32c(UnsafeRawBufferPointer(rebasing: b[500...]), seed: crc32c(UnsafeRawBufferPointer(rebasing: b[0..<500]))) }
         XCTAssertEqual(whole, split)
+        // Inputs long enough for the three-stream paths (3 × 256 and 3 × 8192 bytes), at odd
+        // lengths and offsets, against a bit-at-a-time reference.
+        func reference(_ b: UnsafeRawBufferPointer) -> UInt32 {
+            var c: UInt32 = 0xFFFF_FFFF
+            for byte in b { c ^= UInt32(byte); for _ in 0..<8 { c = (c >> 1) ^ (0x82F6_3B78 & (0 &- (c & 1))) } }
+            return ~c
+        }
+        var x: UInt64 = 3
+        let data = (0..<70_000).map { _ -> UInt8 in x = x &* 6_364_136_223_846_793_005 &+ 1; return UInt8(truncatingIfNeeded: x >> 33) }
+        data.withUnsafeBytes { b in
+            for (start, count) in [(0, 767), (0, 768), (1, 4096), (3, 16_389), (5, 24_576), (7, 60_001)] {
+                let slice = UnsafeRawBufferPointer(rebasing: b[start..<(start + count)])
+                XCTAssertEqual(crc32c(slice), reference(slice), "\(count) bytes at \(start)")
+            }
+        }
     }
 
     func testZeroDetection() {
