@@ -277,11 +277,20 @@ final class ChunkIndex: @unchecked Sendable {
                 try Self.writeHeader(s.fd, bits: s.bits, entryCount: s.entryCount, indexedThrough: s.indexedThrough, dirty: true)
                 try s.fd.synchronizeData()
             } catch { throw StoreError.system(error, "write index", path: path) }
-            var byBucket: [Int: [(ChunkHash, ChunkLocation)]] = [:]
-            for (h, l) in s.pending { byBucket[Self.bucket(of: h, bits: s.bits), default: []].append((h, l)) }
+            // Pending entries in bucket order (one flat array: little memory beside the
+            // pending table, and the buckets are written front to back).
+            let bits = s.bits
+            let sorted = s.pending.map { (bucket: Self.bucket(of: $0.key, bits: bits), hash: $0.key, location: $0.value) }
+                .sorted { $0.bucket < $1.bucket }
             var page = [UInt8](repeating: 0, count: Self.pageSize)
             var sinceTrim = 0
-            for (b, items) in byBucket {
+            var next = 0
+            while next < sorted.count {
+                let b = sorted[next].bucket
+                var end = next + 1
+                while end < sorted.count && sorted[end].bucket == b { end += 1 }
+                let items = sorted[next..<end].lazy.map { ($0.hash, $0.location) }
+                next = end
                 sinceTrim += 1
                 if sinceTrim >= Self.bucketsPerTrim && !s.readsBuckets { _ = madvise(s.map, s.mapLength, MADV_DONTNEED); sinceTrim = 0 }
                 var placed: [ChunkHash] = []

@@ -93,7 +93,9 @@ extension Volume {
                 // are frozen. Only the last window's tree is committed; the others' nodes are
                 // garbage for gc (a few per window: blocks are taken in order).
                 let window = max(1, options.flushWindow)
-                let batch = max(1, (2 << 20) / bs)
+                // 1 MiB batches: the encoder holds about four times this (blocks, compressed
+                // output, gathered group members), heap beyond the caches.
+                let batch = max(1, (1 << 20) / bs)
                 let encoder = BlockEncoder(blockSize: bs, capacity: batch)
                 let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: batch * bs, alignment: 4096)
                 defer { buffer.deallocate() }

@@ -179,13 +179,16 @@ public final class Volume: @unchecked Sendable {
         guard store.access == .readWrite else { throw StoreError.readOnly(name: store.path) }
         self.store = store
         self.options = options
-        // The cache budget covers decoded tree nodes (1/8) and decompressed chunks (the rest).
-        store.nodeCache.resize(max(options.cacheBytes / 8, 1 << 20))
+        // The cache budget covers decoded tree nodes (1/8), the dirty maps (their most, see
+        // dirtyMapBytes) and decompressed chunks (the rest, and at least half of it).
+        let nodeBytes = max(options.cacheBytes / 8, 1 << 20)
+        store.nodeCache.resize(nodeBytes)
         // The flusher's new index entries wait on the heap until a flush: keep them few
         // (32768 entries, about 3 MiB) so a mount's memory stays within its caches.
         store.index.pendingLimit = 32_768
         store.index.readsBuckets = true
-        cache = ChunkCache(capacityBytes: options.cacheBytes - options.cacheBytes / 8)
+        let rest = max(options.cacheBytes - nodeBytes, 1 << 20)
+        cache = ChunkCache(capacityBytes: max(rest - Self.dirtyMapBytes(options), rest / 2))
         // A mount runs many FUSE threads; one malloc arena per thread would hold freed memory
         // apart and let RSS climb past the configured caches.
         vdisk_limit_malloc_arenas(2)
@@ -549,6 +552,17 @@ public final class Volume: @unchecked Sendable {
             touchParentLocked(from, t)
             touchParentLocked(to, t)
         }
+    }
+
+    /// The most memory the dirty maps take (the current one and the one being flushed):
+    /// each sized for every dirty block the journal may hold, in 24-byte slots at most 3/4
+    /// full, rounded up to a power of two as Swift's Dictionary does. 12 MiB for a 768 MiB
+    /// journal; the chunk cache gives it up so that the cache budget covers it.
+    static func dirtyMapBytes(_ options: VolumeOptions) -> Int {
+        let blocks = Int(options.journalLimit / 4096) * 31 / 32
+        var slots = 1
+        while slots / 4 * 3 < blocks { slots <<= 1 }
+        return 2 * slots * 24
     }
 
     /// `mode` without set-user-ID, and without set-group-ID when the group may execute (a

@@ -64,7 +64,8 @@ public struct VolumeSpace: Sendable {
 public struct VolumeOptions: Sendable {
     /// Directory of the write-back journal (default: STORE/journal).
     public var journalDirectory: String?
-    /// Bytes of decompressed chunks kept in memory.
+    /// Memory for caches: decoded tree nodes (1/8), the journal's dirty maps (at most
+    /// ``Volume/dirtyMapBytes(_:)``) and decompressed chunks (the rest).
     public var cacheBytes: Int = 256 << 20
     /// Flush dirty blocks into the store after this many seconds...
     public var flushInterval: Double = 5
