@@ -126,6 +126,28 @@ final class VolumeTests: XCTestCase {
         XCTAssertTrue(try Verifier.verify(try Store.open(at: dir + "/s", access: .readOnly)).isClean)
     }
 
+    /// A flush in several windows reads the tree the previous window wrote. With the tree
+    /// node cache too small to keep those nodes, they come from the pack, where the last of
+    /// them may still sit in the pack writer's buffer: the window must leave them readable.
+    func testFlushWindowsReadTheNodesThePreviousWindowWrote() throws {
+        var options = VolumeOptions()
+        options.flushWindow = 64
+        let v = try openVolume(options)
+        let a = try v.createImage(parent: Volume.rootNode, name: "a.img", mode: 0o644, uid: 0, gid: 0).node
+        // One block in each of 600 leaves (512 blocks a leaf, 512 leaves under a level-1
+        // node): every window rewrites leaves, a level-1 node and the root, and the next one
+        // reads that level-1 node back.
+        var model: [Int: [UInt8]] = [:]
+        for i in 0..<600 {
+            let block = randomBytes(seed: UInt64(1000 + i), 4096)
+            try write(v, a, UInt64(i * 512 * 4096), block)
+            model[i] = block
+        }
+        v.store.nodeCache.resize(1)  // every node is read back from its pack
+        try v.flush()
+        for (i, block) in model { XCTAssertEqual(try read(v, a, UInt64(i * 512 * 4096), 4096), block, "leaf \(i)") }
+    }
+
     /// Shared chunks (copy_file_range) live in the dirty maps only as where their journal
     /// record is: reads, copies of copies, gc, replay after a crash and a flush in many
     /// windows all read them back from the journal.
