@@ -54,7 +54,6 @@ void vdisk_fuse_file_info_set_keep_cache(struct fuse_file_info *fi, int on) { fi
 // INIT comes once per session, first: its unique id and whether the kernel offered the flag.
 static _Atomic uint64_t init_unique;
 static _Atomic int init_offers_killpriv_v2;
-static _Atomic int killpriv_v2_granted;
 
 static ssize_t killpriv_read(int fd, void *buf, size_t len, void *userdata) {
     (void)userdata;
@@ -79,7 +78,6 @@ static ssize_t killpriv_writev(int fd, struct iovec *iov, int count, void *userd
         if (out->unique == unique && out->error == 0 && atomic_load(&init_offers_killpriv_v2)) {
             struct fuse_init_out *reply = iov[1].iov_base;
             reply->flags |= FUSE_HANDLE_KILLPRIV_V2;
-            atomic_store(&killpriv_v2_granted, 1);
             atomic_store(&init_unique, 0);
         }
     }
@@ -90,5 +88,3 @@ int vdisk_fuse_session_request_killpriv_v2(struct fuse_session *se) {
     static const struct fuse_custom_io io = {.read = killpriv_read, .writev = killpriv_writev};
     return fuse_session_custom_io(se, &io, fuse_session_fd(se));
 }
-
-int vdisk_fuse_killpriv_v2_granted(void) { return atomic_load(&killpriv_v2_granted); }

@@ -8,8 +8,8 @@ import SystemPackage
 /// evenly), mapped read-only for lookups and updated with pwrite. Memory does not grow with
 /// the store: the table lives in the page cache, which the kernel sizes; only entries added
 /// since the last flush are held on the heap. It doubles when it passes 70 % full. A mount
-/// (``readsBuckets``) reads each bucket with pread instead of touching the mapping, so none
-/// of the table counts in its RSS.
+/// (``readsBuckets``) reads buckets with pread instead of touching the mapping (lookups,
+/// flushes, removals), so the table does not count in its RSS.
 ///
 /// It is derived data: a header flag marks it dirty while buckets are being written, and a
 /// crc32c per bucket catches a torn write, in which case it is rebuilt from the packs.
@@ -248,6 +248,16 @@ final class ChunkIndex: @unchecked Sendable {
         (try? s.fd.readFully(into: page, at: Int64(b + 1) * Int64(pageSize))) == pageSize
     }
 
+    /// Copies bucket `b` into `page` for rewriting: with pread when ``readsBuckets``, else
+    /// from the mapping.
+    private func loadBucket(_ s: State, _ b: Int, into page: UnsafeMutableRawBufferPointer) throws {
+        if s.readsBuckets {
+            guard Self.readBucket(s, b, into: page) else { throw StoreError.io(errno: EIO, context: "read index bucket \(b) of \(path)") }
+        } else {
+            page.baseAddress!.copyMemory(from: s.map + (b + 1) * Self.pageSize, byteCount: Self.pageSize)
+        }
+    }
+
     /// Where the chunk with `hash` lives if it was added since the last flush: the cheap
     /// re-check, under the store's write lock, for a chunk another thread stored between a
     /// caller's ``lookup(_:)`` and its append (missing one only costs a duplicate record).
@@ -296,11 +306,7 @@ final class ChunkIndex: @unchecked Sendable {
                 var placed: [ChunkHash] = []
                 var added = 0
                 try page.withUnsafeMutableBytes { (p) throws in
-                    if s.readsBuckets {
-                        guard Self.readBucket(s, b, into: p) else { throw StoreError.io(errno: EIO, context: "read index bucket \(b) of \(path)") }
-                    } else {
-                        p.baseAddress!.copyMemory(from: s.map + (b + 1) * Self.pageSize, byteCount: Self.pageSize)
-                    }
+                    try loadBucket(s, b, into: p)
                     var n = Self.bucketCount(p.baseAddress!)
                     for (h, l) in items {
                         // Replace the entry for a hash already present (a newer location wins).
@@ -347,12 +353,12 @@ final class ChunkIndex: @unchecked Sendable {
                 try s.fd.synchronizeData()
                 var page = [UInt8](repeating: 0, count: Self.pageSize)
                 for b in 0..<(1 << s.bits) {
-                    let src = s.map + (b + 1) * Self.pageSize
-                    let n = Self.bucketCount(src)
+                    var n = 0
                     var keep = 0
                     var changed = false
-                    page.withUnsafeMutableBytes { p in
-                        p.baseAddress!.copyMemory(from: src, byteCount: Self.pageSize)
+                    try page.withUnsafeMutableBytes { (p) throws in
+                        try loadBucket(s, b, into: p)
+                        n = Self.bucketCount(p.baseAddress!)
                         for i in 0..<n {
                             let e = p.baseAddress! + Self.bucketHeader + i * Self.entrySize
                             if drop(Self.entryLocation(e)) { changed = true; continue }

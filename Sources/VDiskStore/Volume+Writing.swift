@@ -111,8 +111,8 @@ extension Volume {
                     if !Self.isZero(new) { n.dirtyData += 1 }
                 }
                 n.liveSize = max(n.liveSize, sizeAfter)
-                if clearingSetID && Self.modeClearingSetID(n.mode) != n.mode {
-                    n.mode = Self.modeClearingSetID(n.mode)
+                if clearingSetID, case let cleared = Self.modeClearingSetID(n.mode), cleared != n.mode {
+                    n.mode = cleared
                     modeChanged = invalidateAttributes
                 }
                 let t = now()
@@ -128,7 +128,8 @@ extension Volume {
     /// Dirty blocks writers may have before they wait: as many as the journal limit holds,
     /// less 1/32 for writes already past the check (8 threads × 256 blocks), so that a map
     /// of that many entries does not double its table.
-    var maxDirtyBlocks: Int { Int(options.journalLimit / 4096) * 31 / 32 }
+    static func maxDirtyBlocks(_ options: VolumeOptions) -> Int { Int(options.journalLimit / 4096) * 31 / 32 }
+    var maxDirtyBlocks: Int { Self.maxDirtyBlocks(options) }
 
     func journalFull() -> Bool {
         stateLock.withLock {

@@ -559,7 +559,7 @@ public final class Volume: @unchecked Sendable {
     /// full, rounded up to a power of two as Swift's Dictionary does. 12 MiB for a 768 MiB
     /// journal; the chunk cache gives it up so that the cache budget covers it.
     static func dirtyMapBytes(_ options: VolumeOptions) -> Int {
-        let blocks = Int(options.journalLimit / 4096) * 31 / 32
+        let blocks = maxDirtyBlocks(options)
         var slots = 1
         while slots / 4 * 3 < blocks { slots <<= 1 }
         return 2 * slots * 24

@@ -55,7 +55,4 @@ void vdisk_fuse_file_info_set_keep_cache(struct fuse_file_info *fi, int on);
 // Call after fuse_session_mount. Returns 0 or a negative errno.
 int vdisk_fuse_session_request_killpriv_v2(struct fuse_session *se);
 
-// Whether the kernel was answered with FUSE_HANDLE_KILLPRIV_V2 (known once INIT is answered).
-int vdisk_fuse_killpriv_v2_granted(void);
-
 #endif
