@@ -96,6 +96,12 @@ final class PackWriter {
         }
     }
 
+    /// Whether `location` names a record appended but still in the buffer, which readers
+    /// cannot see in the pack until ``drain()``.
+    func isBuffered(_ location: ChunkLocation) -> Bool {
+        output != nil && location.pack == currentPack && Int64(location.offset) >= written
+    }
+
     /// Hands buffered records to the backend (readers can see them afterwards).
     func drain() throws {
         guard let output, buffered > 0 else { return }

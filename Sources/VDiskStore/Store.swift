@@ -278,6 +278,7 @@ public final class Store: @unchecked Sendable {
         do { return try packs.readBytes(ref, kind: kind) } catch let error as PackReader.Failure {
             switch error {
             case .notThere:
+                if try drainWriter(holding: ref.location) { return try readRecord(ref, kind: kind) }
                 if let loc = index.lookup(ref.hash), loc != ref.location {
                     return try readRecord(ChunkRef(hash: ref.hash, location: loc), kind: kind)
                 }
@@ -300,6 +301,7 @@ public final class Store: @unchecked Sendable {
         do { return try packs.read(ref, kind: .data, into: output) } catch let error as PackReader.Failure {
             switch error {
             case .notThere:
+                if try drainWriter(holding: ref.location) { return try readBlock(ref, into: output) }
                 if let loc = index.lookup(ref.hash), loc != ref.location {
                     return try readBlock(ChunkRef(hash: ref.hash, location: loc), into: output)
                 }
@@ -312,6 +314,16 @@ public final class Store: @unchecked Sendable {
             case .system(let e): throw e
             }
         }
+    }
+
+    /// A record stored since the pack writer last drained is not in its pack yet (a flush
+    /// in windows reads back the tree nodes the previous window stored, once the node cache
+    /// has let them go): when `location` is such a record, drain the writer and say so.
+    private func drainWriter(holding location: ChunkLocation) throws -> Bool {
+        writeLock.lock(); defer { writeLock.unlock() }
+        guard let w = writer, w.isBuffered(location) else { return false }
+        try w.drain()
+        return true
     }
 
     /// Reads (through the node cache) the tree node `ref`.

@@ -134,18 +134,20 @@ final class VolumeTests: XCTestCase {
         options.flushWindow = 64
         let v = try openVolume(options)
         let a = try v.createImage(parent: Volume.rootNode, name: "a.img", mode: 0o644, uid: 0, gid: 0).node
-        // One block in each of 600 leaves (512 blocks a leaf, 512 leaves under a level-1
-        // node): every window rewrites leaves, a level-1 node and the root, and the next one
-        // reads that level-1 node back.
+        // One block in every other leaf, 600 of them (1024 blocks a leaf, 1024 leaves under
+        // a level-1 node; a sparse 4.7 GiB image of depth 3): every window rewrites leaves, a
+        // level-1 node and the root, and the next one reads that level-1 node back while its
+        // record may still sit in the pack writer's buffer.
+        let stride = 2 * TreeNode.fanOut * 4096
         var model: [Int: [UInt8]] = [:]
         for i in 0..<600 {
             let block = randomBytes(seed: UInt64(1000 + i), 4096)
-            try write(v, a, UInt64(i * 512 * 4096), block)
+            try write(v, a, UInt64(i * stride), block)
             model[i] = block
         }
-        v.store.nodeCache.resize(1)  // every node is read back from its pack
+        v.store.nodeCache.resize(1)  // only the node stored last stays cached: the root
         try v.flush()
-        for (i, block) in model { XCTAssertEqual(try read(v, a, UInt64(i * 512 * 4096), 4096), block, "leaf \(i)") }
+        for (i, block) in model { XCTAssertEqual(try read(v, a, UInt64(i * stride), 4096), block, "leaf \(i)") }
     }
 
     /// Shared chunks (copy_file_range) live in the dirty maps only as where their journal
