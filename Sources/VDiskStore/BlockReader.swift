@@ -95,12 +95,12 @@ extension Store {
         }
         // The disk cache first: a run it holds whole costs no backend read at all.
         if try readRunFromDiskCache(refs, run, blockSize: blockSize, into: output) { return }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.runLength(refs, run), alignment: 64)
-        defer { buffer.deallocate() }
-        let first = refs[run.lowerBound].location
-        let got: Int?
-        do { got = try backend.readPack(first.pack, at: Int64(first.offset), into: buffer) } catch { got = nil }
-        try decodeRun(refs, run, blockSize: blockSize, bytes: got.map { UnsafeRawBufferPointer(rebasing: buffer[0..<$0]) }, into: output)
+        try runBuffers.withBuffer(Self.runLength(refs, run)) { buffer in
+            let first = refs[run.lowerBound].location
+            let got: Int?
+            do { got = try backend.readPack(first.pack, at: Int64(first.offset), into: buffer) } catch { got = nil }
+            try decodeRun(refs, run, blockSize: blockSize, bytes: got.map { UnsafeRawBufferPointer(rebasing: buffer[0..<$0]) }, into: output)
+        }
     }
 
     /// Bytes from the first record of `run` to the end of its last.

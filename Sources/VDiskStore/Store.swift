@@ -30,6 +30,9 @@ public final class Store: @unchecked Sendable {
     private let writeLock = NSLock()
     /// Decoded tree nodes (16 MiB unless a Volume sizes it from its cache budget).
     let nodeCache = NodeCache(capacityBytes: 16 << 20)
+    /// Scratch buffers for runs of records read from packs (``readBlocks``): a run is at
+    /// most 1 MiB plus a record; two per core are kept (4.1 MiB on two cores).
+    let runBuffers = ScratchPool(size: (1 << 20) + (64 << 10), keep: 2 * max(1, ProcessInfo.processInfo.activeProcessorCount))
 
     /// The committed namespace.
     public private(set) var namespace: Namespace
