@@ -33,7 +33,9 @@ public struct MountSession {
         let fuse: FuseServer
         do {
             let store = try Store.open(at: storePath, access: .readWrite, purpose: "mount on \(mountpoint)")
-            volume = try Volume(store: store, options: volumeOptions)
+            var options = volumeOptions
+            options.requestBufferBytes = server.requestBufferBytes
+            volume = try Volume(store: store, options: options)
             fuse = FuseServer(volume: volume, configuration: server)
             log("\(Self.timestamp()) vdiskfs: mounting \(storePath) on \(mountpoint) (pid \(getpid()))")
             do { try fuse.mount() } catch {

@@ -23,7 +23,9 @@ final class PackWriter {
     /// Every pack this writer created, oldest first.
     private(set) var createdPacks: [UInt64] = []
 
-    static let bufferSize = 4 << 20
+    /// Records are handed to the backend a buffer at a time (1 MiB writes). A record still
+    /// in the buffer cannot be read from its pack: ``Store`` drains before such a read.
+    static let bufferSize = 1 << 20
 
     init(backend: StoreBackend, storeID: [UInt8], firstPack: UInt64, targetSize: Int) {
         self.backend = backend

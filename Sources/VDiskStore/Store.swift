@@ -32,7 +32,11 @@ public final class Store: @unchecked Sendable {
     let nodeCache = NodeCache(capacityBytes: 16 << 20)
     /// Scratch buffers for runs of records read from packs (``readBlocks``): a run is at
     /// most 1 MiB plus a record; two per core are kept (4.1 MiB on two cores).
-    let runBuffers = ScratchPool(size: (1 << 20) + (64 << 10), keep: 2 * max(1, ProcessInfo.processInfo.activeProcessorCount))
+    let runBuffers = ScratchPool(size: runBufferSize, keep: runBuffersKept)
+    static let runBufferSize = (1 << 20) + (64 << 10)
+    static let runBuffersKept = 2 * max(1, ProcessInfo.processInfo.activeProcessorCount)
+    /// The most the pool of run buffers keeps.
+    static var runBufferPoolBytes: Int { runBufferSize * runBuffersKept }
 
     /// The committed namespace.
     public private(set) var namespace: Namespace

@@ -65,8 +65,12 @@ public struct VolumeOptions: Sendable {
     /// Directory of the write-back journal (default: STORE/journal).
     public var journalDirectory: String?
     /// Memory for caches: decoded tree nodes (1/8), the journal's dirty maps (at most
-    /// ``Volume/dirtyMapBytes(_:)``) and decompressed chunks (the rest).
+    /// ``Volume/dirtyMapBytes(_:)``), the buffers of I/O in flight (``Volume/ioBufferBytes``
+    /// and ``requestBufferBytes``) and decompressed chunks (the rest).
     public var cacheBytes: Int = 256 << 20
+    /// Buffers the layer above holds for requests in flight (FUSE: each worker thread's
+    /// request and reply buffers), taken out of `cacheBytes` like the volume's own.
+    public var requestBufferBytes: Int = 0
     /// Flush dirty blocks into the store after this many seconds...
     public var flushInterval: Double = 5
     /// ...or when the journal passes this many bytes.

@@ -21,7 +21,7 @@ struct MountCommand: ParsableCommand {
     @Flag(name: [.short, .long], help: "Stay in the foreground (log to standard error).") var foreground = false
     @Option(name: .short, help: ArgumentHelp("Mount options, comma separated: allow_other, ro, ... (repeatable).", valueName: "OPTIONS"))
     var o: [String] = []
-    @Option(name: .customLong("cache-size"), help: ArgumentHelp("Memory for caches: decompressed blocks, tree nodes (1/8) and the journal's block map (default 256M).", valueName: "SIZE"))
+    @Option(name: .customLong("cache-size"), help: ArgumentHelp("Memory for caches: decompressed blocks, tree nodes (1/8), the journal's block map and the buffers of requests in flight (default 256M).", valueName: "SIZE"))
     var cacheSize: String?
     @Option(name: .customLong("disk-cache"), help: ArgumentHelp("A local directory caching what is read from the store (for rados:// stores; survives restarts, verified on every read).", valueName: "DIR"))
     var diskCache: String?
