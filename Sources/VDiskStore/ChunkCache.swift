@@ -69,8 +69,10 @@ final class ChunkCache: @unchecked Sendable {
         }
     }
 
+    /// A fill in progress. Its semaphore is made by the first reader that waits (under the
+    /// state lock), so that the common fill, which nobody waits for, allocates none.
     private final class Fill: @unchecked Sendable {
-        let done = DispatchSemaphore(value: 0)
+        var done: DispatchSemaphore?
         var waiters = 0
         var result: Result<Entry, StoreError>?
     }
@@ -103,7 +105,11 @@ final class ChunkCache: @unchecked Sendable {
                 insert(&s, ref.hash, e)
                 return .hit(e)
             }
-            if let f = s.filling[ref.hash] { f.waiters += 1; return .wait(f) }
+            if let f = s.filling[ref.hash] {
+                f.waiters += 1
+                if f.done == nil { f.done = DispatchSemaphore(value: 0) }
+                return .wait(f)
+            }
             let f = Fill()
             s.filling[ref.hash] = f
             return .fill(f)
@@ -111,20 +117,20 @@ final class ChunkCache: @unchecked Sendable {
         switch step {
         case .hit(let e): return e
         case .wait(let f):
-            f.done.wait()
+            f.done!.wait()
             return try f.result!.get()
         case .fill(let f):
             let entry = Entry(count: length, pool: pool)
             let result: Result<Entry, StoreError>
             do { try load(entry.bytes); result = .success(entry) }
             catch { result = .failure(StoreError.system(error, "read chunk", path: "")) }
-            let waiters = state.withLock { s -> Int in
+            let (waiters, done) = state.withLock { s -> (Int, DispatchSemaphore?) in
                 s.filling[ref.hash] = nil
                 if case .success(let e) = result { insert(&s, ref.hash, e) }
                 f.result = result
-                return f.waiters
+                return (f.waiters, f.done)
             }
-            for _ in 0..<waiters { f.done.signal() }
+            for _ in 0..<waiters { done!.signal() }
             return try result.get()
         }
     }

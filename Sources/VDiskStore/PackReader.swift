@@ -20,6 +20,11 @@ final class PackReader: @unchecked Sendable {
 
     init(backend: StoreBackend) { self.backend = backend }
 
+    /// Scratch space for single records and decoded group prefixes (a grouped record is at
+    /// most 32 KiB by default): reused rather than allocated per read. 1 MiB at most.
+    static let scratch = ScratchPool(size: 64 << 10, keep: 16)
+    static let scratchBytes = (64 << 10) * 16
+
     /// Forgets open handles (after packs were deleted or replaced).
     func closeAll() { backend.forgetOpenPacks() }
 
@@ -56,7 +61,7 @@ final class PackReader: @unchecked Sendable {
         // or namespace) names no record there, and must not size an allocation.
         guard Int(ref.location.storedLength) <= PackFormat.maxRecordLength else { throw Failure.notThere }
         let length = ref.location.recordLength
-        return try withUnsafeTemporaryAllocation(byteCount: length, alignment: 16) { (record) throws -> T in
+        return try Self.scratch.withBuffer(length) { (record) throws -> T in
             let got: Int?
             do { got = try backend.readPack(ref.location.pack, at: Int64(ref.location.offset), into: record) }
             catch { throw Failure.system(StoreError.system(error, "read pack \(PackFormat.fileName(ref.location.pack))", path: backend.name)) }
@@ -99,7 +104,7 @@ final class PackReader: @unchecked Sendable {
         }
         let m = ref.location.member, length = header.memberLength
         guard output.count == length else { throw Failure.damaged("\(describe(ref, kind)) has the wrong length") }
-        let ok = withUnsafeTemporaryAllocation(byteCount: (m + 1) * length, alignment: 16) { group -> Bool in
+        let ok = scratch.withBuffer((m + 1) * length) { group -> Bool in
             guard Compression.decompressPrefix(header.codec, payload, rawLength: header.rawLength, into: group) else { return false }
             output.baseAddress!.copyMemory(from: group.baseAddress! + m * length, byteCount: length)
             return true

@@ -567,11 +567,11 @@ public final class Volume: @unchecked Sendable {
         return 2 * slots * 24
     }
 
-    /// The most memory the volume's own I/O buffers take: the pack writer's, the pool of
-    /// pack-run read buffers, and the flusher's batch (1 MiB of blocks, about four times
-    /// that with its compressed output and gathered groups). 9.3 MiB on two cores.
+    /// The most memory the volume's own I/O buffers take: the pack writer's, the pools of
+    /// read buffers, and the flusher's batch (1 MiB of blocks, about four times that with
+    /// its compressed output and gathered groups). 10.3 MiB on two cores.
     static var ioBufferBytes: Int {
-        PackWriter.bufferSize + Store.runBufferPoolBytes + (4 << 20)
+        PackWriter.bufferSize + Store.runBufferPoolBytes + PackReader.scratchBytes + (4 << 20)
     }
 
     /// `mode` without set-user-ID, and without set-group-ID when the group may execute (a
