@@ -49,8 +49,10 @@ let package = Package(
         .testTarget(name: "VDiskStoreTests", dependencies: ["VDiskStore"], exclude: ["Fixtures"]),
         .testTarget(name: "VDiskAnalyzeTests", dependencies: ["VDiskAnalyze", "VDiskStore"]),
         .testTarget(name: "IntegrationTests", dependencies: ["VDiskStore"]),
-        .testTarget(name: "MountTests", dependencies: ["VDiskStore"]),
-        .testTarget(name: "RadosTests", dependencies: ["VDiskRados", "VDiskStore"]),
+        // The throw-away Ceph cluster that mount and RADOS tests share.
+        .target(name: "CephTestSupport", path: "Tests/CephTestSupport"),
+        .testTarget(name: "MountTests", dependencies: ["VDiskStore", "CephTestSupport"]),
+        .testTarget(name: "RadosTests", dependencies: ["VDiskRados", "VDiskStore", "CephTestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

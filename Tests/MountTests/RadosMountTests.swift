@@ -1,3 +1,4 @@
+import CephTestSupport
 import Foundation
 import XCTest
 

@@ -1,4 +1,5 @@
 import CRados
+import CephTestSupport
 import Foundation
 import VDiskStore
 import XCTest

@@ -8,24 +8,25 @@ import Foundation
 /// Ceph missing is a test failure, not a skip: every test using the cluster throws
 /// ``StartFailure`` with the script's one-line reason.
 ///
-/// Self-contained (Foundation only, helpers private): copy this file into any test target.
-enum CephTestCluster {
+/// The one copy for every test target that needs a cluster (MountTests, RadosTests):
+/// a support target of its own, Foundation only.
+public enum CephTestCluster {
     /// The pool the script creates (8 PGs, size 1).
-    static let pool = "vdiskfs"
+    public static let pool = "vdiskfs"
 
     /// The cluster's ceph.conf, for RadosCluster(configFile:) or `CEPH_CONF`. Starts the
     /// cluster on first use; throws why it could not be started.
-    static func configFile() throws -> String {
+    public static func configFile() throws -> String {
         try started.get()
     }
 
     /// The error of a cluster that could not be started.
-    struct StartFailure: Error, CustomStringConvertible {
-        var description: String
+    public struct StartFailure: Error, CustomStringConvertible {
+        public var description: String
     }
 
     /// The repository's root: three levels above this file (Tests/<target>/<file>).
-    static let repositoryRoot: URL = URL(fileURLWithPath: #filePath)
+    public static let repositoryRoot: URL = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
     private static let script = repositoryRoot.appendingPathComponent("scripts/ceph-test-cluster.sh").path
