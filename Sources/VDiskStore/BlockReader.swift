@@ -95,7 +95,7 @@ extension Store {
         }
         // The disk cache first: a run it holds whole costs no backend read at all.
         if try readRunFromDiskCache(refs, run, blockSize: blockSize, into: output) { return }
-        try runBuffers.withBuffer(Self.runLength(refs, run)) { buffer in
+        try Self.runBuffers.withBuffer(Self.runLength(refs, run)) { buffer in
             let first = refs[run.lowerBound].location
             let got: Int?
             do { got = try backend.readPack(first.pack, at: Int64(first.offset), into: buffer) } catch { got = nil }

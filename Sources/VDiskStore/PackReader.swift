@@ -23,7 +23,6 @@ final class PackReader: @unchecked Sendable {
     /// Scratch space for single records and decoded group prefixes (a grouped record is at
     /// most 32 KiB by default): reused rather than allocated per read. 1 MiB at most.
     static let scratch = ScratchPool(size: 64 << 10, keep: 16)
-    static let scratchBytes = (64 << 10) * 16
 
     /// Forgets open handles (after packs were deleted or replaced).
     func closeAll() { backend.forgetOpenPacks() }

@@ -17,6 +17,9 @@ final class ScratchPool: @unchecked Sendable {
 
     deinit { free.withLock { $0.forEach { $0.deallocate() } } }
 
+    /// The most memory the pool keeps between uses.
+    var keptBytesLimit: Int { size * keep }
+
     /// Runs `body` with a buffer of at least `count` bytes (its contents are undefined).
     func withBuffer<T>(_ count: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> T) rethrows -> T {
         guard count <= size else {

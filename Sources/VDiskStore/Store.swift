@@ -32,11 +32,7 @@ public final class Store: @unchecked Sendable {
     let nodeCache = NodeCache(capacityBytes: 16 << 20)
     /// Scratch buffers for runs of records read from packs (``readBlocks``): a run is at
     /// most 1 MiB plus a record; two per core are kept (4.1 MiB on two cores).
-    let runBuffers = ScratchPool(size: runBufferSize, keep: runBuffersKept)
-    static let runBufferSize = (1 << 20) + (64 << 10)
-    static let runBuffersKept = 2 * max(1, ProcessInfo.processInfo.activeProcessorCount)
-    /// The most the pool of run buffers keeps.
-    static var runBufferPoolBytes: Int { runBufferSize * runBuffersKept }
+    static let runBuffers = ScratchPool(size: (1 << 20) + (64 << 10), keep: 2 * max(1, ProcessInfo.processInfo.activeProcessorCount))
 
     /// The committed namespace.
     public private(set) var namespace: Namespace
@@ -285,10 +281,7 @@ public final class Store: @unchecked Sendable {
         do { return try packs.readBytes(ref, kind: kind) } catch let error as PackReader.Failure {
             switch error {
             case .notThere:
-                if try drainWriter(holding: ref.location) { return try readRecord(ref, kind: kind) }
-                if let loc = index.lookup(ref.hash), loc != ref.location {
-                    return try readRecord(ChunkRef(hash: ref.hash, location: loc), kind: kind)
-                }
+                if let again = try retryLocation(for: ref) { return try readRecord(again, kind: kind) }
                 throw StoreError.damagedChunk(detail: "\(kind == .namespace ? "namespace" : kind == .tree ? "tree node" : "chunk") \(ref.hash.short) is missing from pack \(PackFormat.fileName(ref.location.pack))")
             case .damaged(let what):
                 log("vdiskfs: " + what)
@@ -308,10 +301,7 @@ public final class Store: @unchecked Sendable {
         do { return try packs.read(ref, kind: .data, into: output) } catch let error as PackReader.Failure {
             switch error {
             case .notThere:
-                if try drainWriter(holding: ref.location) { return try readBlock(ref, into: output) }
-                if let loc = index.lookup(ref.hash), loc != ref.location {
-                    return try readBlock(ChunkRef(hash: ref.hash, location: loc), into: output)
-                }
+                if let again = try retryLocation(for: ref) { return try readBlock(again, into: output) }
                 let what = "chunk \(ref.hash.short) is missing from pack \(PackFormat.fileName(ref.location.pack))"
                 log("vdiskfs: " + what)
                 throw StoreError.damagedChunk(detail: what)
@@ -323,14 +313,19 @@ public final class Store: @unchecked Sendable {
         }
     }
 
-    /// A record stored since the pack writer last drained is not in its pack yet (a flush
-    /// in windows reads back the tree nodes the previous window stored, once the node cache
-    /// has let them go): when `location` is such a record, drain the writer and say so.
-    private func drainWriter(holding location: ChunkLocation) throws -> Bool {
-        writeLock.lock(); defer { writeLock.unlock() }
-        guard let w = writer, w.isBuffered(location) else { return false }
-        try w.drain()
-        return true
+    /// Where to read `ref` again when its pack did not hold it there: the same place once
+    /// the pack writer has handed over the records it still buffered (a flush in windows
+    /// reads back the tree nodes the previous window stored, once the node cache has let
+    /// them go), or where the index says the chunk now lives (packs rewritten). Nil: neither.
+    private func retryLocation(for ref: ChunkRef) throws -> ChunkRef? {
+        let drained = try writeLock.withLock { () throws -> Bool in
+            guard let w = writer, w.isBuffered(ref.location) else { return false }
+            try w.drain()
+            return true
+        }
+        if drained { return ref }
+        if let loc = index.lookup(ref.hash), loc != ref.location { return ChunkRef(hash: ref.hash, location: loc) }
+        return nil
     }
 
     /// Reads (through the node cache) the tree node `ref`.

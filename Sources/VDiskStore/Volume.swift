@@ -571,7 +571,7 @@ public final class Volume: @unchecked Sendable {
     /// read buffers, and the flusher's batch (1 MiB of blocks, about four times that with
     /// its compressed output and gathered groups). 10.3 MiB on two cores.
     static var ioBufferBytes: Int {
-        PackWriter.bufferSize + Store.runBufferPoolBytes + PackReader.scratchBytes + (4 << 20)
+        PackWriter.bufferSize + Store.runBuffers.keptBytesLimit + PackReader.scratch.keptBytesLimit + (4 << 20)
     }
 
     /// `mode` without set-user-ID, and without set-group-ID when the group may execute (a
