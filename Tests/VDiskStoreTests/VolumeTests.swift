@@ -150,6 +150,39 @@ final class VolumeTests: XCTestCase {
         for (i, block) in model { XCTAssertEqual(try read(v, a, UInt64(i * stride), 4096), block, "leaf \(i)") }
     }
 
+    /// The flusher groups dirty blocks that lie near each other, as import does: they read
+    /// back byte-exact, overwrites of single members leave the rest of their group live,
+    /// and gc and a reopen keep every byte.
+    func testTheFlusherGroupsBlocksWrittenNearEachOther() throws {
+        var v = try openVolume()
+        let a = try v.createImage(parent: Volume.rootNode, name: "a.img", mode: 0o644, uid: 0, gid: 0).node
+        var model = [UInt8](repeating: 0, count: 598 * 4096)  // the last block written is 597
+        func put(_ block: Int, _ bytes: [UInt8]) throws {
+            try write(v, a, UInt64(block * 4096), bytes)
+            model.replaceSubrange((block * 4096)..<(block * 4096 + bytes.count), with: bytes)
+        }
+        try put(0, randomBytes(seed: 61, 200 * 4096))                                   // a run
+        for b in stride(from: 300, to: 600, by: 3) { try put(b, randomBytes(seed: UInt64(b), 4096)) }  // scattered
+        try v.flush()
+        var most = 0
+        for p in try v.store.packNumbers() {
+            try PackScanner.scan(v.store.backend, pack: p, withPayloads: false) { most = max(most, $0.members.count) }
+        }
+        XCTAssertEqual(most, Importer.defaultGroupBytes / 4096, "flushed blocks are grouped")
+        XCTAssertTrue(try read(v, a, 0, model.count) == model)
+        // Overwrite one member of many groups; half the run becomes garbage for gc.
+        for b in stride(from: 0, to: 200, by: 5) { try put(b, randomBytes(seed: UInt64(7000 + b), 4096)) }
+        try v.flush()
+        XCTAssertTrue(try read(v, a, 0, model.count) == model)
+        _ = try v.collectGarbage(threshold: 0, dryRun: false)
+        XCTAssertTrue(try read(v, a, 0, model.count) == model)
+        try v.close()
+        v = try openVolume()
+        XCTAssertTrue(try read(v, a, 0, model.count) == model)
+        try v.close()
+        XCTAssertTrue(try Verifier.verify(try Store.open(at: dir + "/s", access: .readOnly)).isClean)
+    }
+
     /// Shared chunks (copy_file_range) live in the dirty maps only as where their journal
     /// record is: reads, copies of copies, gc, replay after a crash and a flush in many
     /// windows all read them back from the journal.
