@@ -76,13 +76,17 @@ public struct MountSession {
         schedule?.stop()
         control?.stop()
         var exitStatus: Int32 = 0
+        var failure: StoreError?
         do {
             try volume.close()
         } catch {
             log("\(Self.timestamp()) vdiskfs: final flush failed: \(describe(error)); the journal is kept and replays on the next mount")
             exitStatus = 1
+            failure = error as? StoreError ?? .io(errno: EIO, context: describe(error))
         }
         fuse.unmount()
+        // `vdiskfs unmount` waits on the control socket for this outcome.
+        control?.finish(failure)
         log("\(Self.timestamp()) vdiskfs: \(exitStatus == 0 ? "done" : "exiting with errors")")
         return exitStatus
     }

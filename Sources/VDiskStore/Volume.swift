@@ -251,7 +251,15 @@ public final class Volume: @unchecked Sendable {
             flushLock.lock(); defer { flushLock.unlock() }
             // A shared store: the replayed images are this host's to commit again.
             for n in nodes.values where n.frozenPending { if let p = n.path { try requireLeaseLocked(p) } }
-            try flushFrozen()
+            do {
+                try flushFrozen()
+            } catch let e as StoreError where e.errno == ENOSPC {
+                // A full disk: the replayed blocks stay in the journal, readable as dirty
+                // data, and the flusher tries again every tick; writers get ENOSPC until
+                // space is freed. Refusing the mount would leave them unreadable.
+                stateLock.withLock { countFrozenLocked() }
+                log("vdiskfs: mounting anyway: the replayed writes stay in the journal, readable, until space is freed")
+            }
         }
         let t = Thread { [weak self] in self?.flusherLoop() }
         t.name = "vdiskfs-flusher"

@@ -11,6 +11,9 @@ import Glibc
 ///     {"op": "gc", "threshold": 0.5, "dry_run": false} → {"ok": true, "plan": {...}}
 ///     {"op": "rollback", "image": "a.img", "snapshot": "S"} → {"ok": true}
 ///     {"op": "trim", "image": "a.img"}         → {"ok": true, "report": {...}}
+///     {"op": "await-exit"}                    → {"ok": true}, and when the mount has ended
+///                                               (its final flush done) a second line:
+///                                               {"ok": true} or the flush's failure
 ///     failures                                → {"ok": false, "error": "...", "code": 14, "case": "nameExists", "fields": [...]}
 ///
 /// A failure carries the `StoreError` itself (its case and fields), so the command prints the
@@ -32,6 +35,8 @@ public final class VolumeControl: @unchecked Sendable {
     /// Held while a request is served: ``stop()`` waits for it, so that no request outlives
     /// the mount it works on.
     private let serving = NSLock()
+    /// Connections of `await-exit` requests, told the mount's outcome by ``finish(_:)``.
+    private let exitWaiters = Locked<[Int32]>([])
 
     /// Starts serving `volume`'s control socket (replacing a stale one). Returns nil, after
     /// logging, when the socket cannot be made (the mount works without it). `hooks` tell
@@ -78,6 +83,16 @@ public final class VolumeControl: @unchecked Sendable {
         serving.lock(); serving.unlock()
     }
 
+    /// Tells every `await-exit` client how the mount ended: nil when the final flush
+    /// committed everything, else its failure. Call after the volume is closed.
+    public func finish(_ failure: StoreError?) {
+        let waiters = exitWaiters.withLock { w in defer { w = [] }; return w }
+        for fd in waiters {
+            Self.writeLine(fd, failure.map(Self.encode) ?? ["ok": true])
+            close(fd)
+        }
+    }
+
     private func serve() {
         while true {
             let fd = listener
@@ -109,6 +124,11 @@ public final class VolumeControl: @unchecked Sendable {
                 guard let name = request["name"] as? String else { throw StoreError.invalidArgument("delete-snapshot needs a name") }
                 try volume.removeDirectory(parent: Volume.snapshotsNode, name: name)
             case "flush": try volume.flush()
+            case "await-exit":
+                // Kept open (a copy: serve() closes its own) until finish(_:).
+                let keep = fcntl(conn, F_DUPFD_CLOEXEC, 0)
+                guard keep >= 0 else { throw StoreError.io(errno: errno, context: "await-exit") }
+                exitWaiters.withLock { $0.append(keep) }
             case "gc":
                 let plan = try volume.collectGarbage(threshold: request["threshold"] as? Double ?? 0.5,
                                                      dryRun: request["dry_run"] as? Bool ?? false)
@@ -134,18 +154,62 @@ public final class VolumeControl: @unchecked Sendable {
 
     // MARK: client
 
-    /// Sends a request to the mount of `store`; nil when no mount answers there.
-    public static func send(store: String, _ request: [String: Any]) throws -> [String: Any]? {
+    /// A connection waiting for the mount of a store to end (``awaitExit(store:)``).
+    public struct ExitWaiter: ~Copyable {
+        let fd: Int32
+        let path: String
+        deinit { close(fd) }
+
+        /// Waits up to `timeout` seconds for the mount to end: returns when its final flush
+        /// committed everything; throws that flush's failure, or `busy` when the mount has
+        /// not ended in time, or `io` when the daemon died without telling.
+        public func outcome(timeout: Double) throws {
+            var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - timeout.rounded(.down)) * 1e6))
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            errno = 0
+            guard let line = VolumeControl.readLine(fd) else {
+                if errno == EAGAIN || errno == EWOULDBLOCK {
+                    throw StoreError.busy(name: "the mount is still flushing after \(Int(timeout)) s")
+                }
+                throw StoreError.io(errno: EIO, context: "the mount daemon ended without finishing its final flush; the journal replays on the next mount")
+            }
+            guard let reply = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+                throw StoreError.io(errno: EIO, context: "the mount did not answer on \(path)")
+            }
+            if reply["ok"] as? Bool != true { throw VolumeControl.decode(reply) }
+        }
+    }
+
+    /// Asks the mount of `store` to say when it has ended; nil when no mount answers there
+    /// (none runs, or one too old to know the request).
+    public static func awaitExit(store: String) -> ExitWaiter? {
         let path = socketPath(store: store)
+        guard let fd = connectTo(path) else { return nil }
+        writeLine(fd, ["op": "await-exit"])
+        guard let line = readLine(fd), let reply = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+              reply["ok"] as? Bool == true else { close(fd); return nil }
+        return ExitWaiter(fd: fd, path: path)
+    }
+
+    /// A connected socket to the control socket at `path`, or nil.
+    private static func connectTo(_ path: String) -> Int32? {
         guard FileIO.kind(path) == S_IFSOCK else { return nil }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var addr = try address(path)
+        guard var addr = try? address(path) else { close(fd); return nil }
         let ok = withUnsafePointer(to: &addr) { p in
             p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
-        guard ok == 0 else { return nil }
+        guard ok == 0 else { close(fd); return nil }
+        return fd
+    }
+
+    /// Sends a request to the mount of `store`; nil when no mount answers there.
+    public static func send(store: String, _ request: [String: Any]) throws -> [String: Any]? {
+        let path = socketPath(store: store)
+        _ = try address(path)  // a path too long is an error, not "no mount"
+        guard let fd = connectTo(path) else { return nil }
+        defer { close(fd) }
         writeLine(fd, request)
         guard let line = readLine(fd), let reply = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
             throw StoreError.io(errno: EIO, context: "the mount did not answer on \(path)")
@@ -220,7 +284,7 @@ public final class VolumeControl: @unchecked Sendable {
         return addr
     }
 
-    private static func readLine(_ fd: Int32) -> String? {
+    fileprivate static func readLine(_ fd: Int32) -> String? {
         var data = [UInt8]()
         var byte: UInt8 = 0
         while data.count < 65536 {

@@ -533,6 +533,46 @@ final class UnmountCommandTests: XCTestCase {
         XCTAssertTrue(ls.stdout.contains("\"size\" : 30000000"), ls.stdout)
         XCTAssertEqual(try vdiskfs("unmount", m.directory).status, 19, "not a vdiskfs mount")
     }
+
+    /// The store (and its journal) on a 64 MiB tmpfs that fills up: the writer gets ENOSPC,
+    /// fsynced data stays readable, unmount says the final flush failed (exit 17), the next
+    /// mount comes up on the still-full disk and serves the journal, and once space is freed
+    /// everything reaches the store.
+    func testFullDiskKeepsAcknowledgedWritesAndTheMountServing() throws {
+        let m = try MountFixture(self)
+        let saved = m.directory + "/store-copy"
+        try sh("cp -a \(m.store) \(saved) && mount -t tmpfs -o size=64M vdiskfs-test \(m.store) && cp -a \(saved)/. \(m.store)/")
+        defer { _ = try? runProgram("/usr/bin/env", ["umount", "-l", m.store]) }
+        try m.mount()
+        let acked = m.directory + "/acked.bin"
+        try sh("head -c 4194304 /dev/urandom > \(acked) && dd if=\(acked) of=\(m.path("acked.img")) bs=1M conv=fsync status=none")
+        let fill = try runProgram("/bin/sh", ["-c", "head -c 209715200 /dev/urandom | dd of=\(m.path("fill.img")) bs=1M iflag=fullblock conv=fsync status=none"])
+        XCTAssertNotEqual(fill.status, 0, "200 MiB fit on a 64 MiB disk")
+        XCTAssertTrue(fill.stderr.contains("No space left on device"), fill.stderr)
+        try sh("cmp \(acked) \(m.path("acked.img"))")
+
+        // The final flush cannot write packs: the mount goes, the journal stays.
+        let u = try vdiskfs("unmount", m.mountpoint)
+        XCTAssertEqual(u.status, 17, u.stderr)
+        XCTAssertTrue(u.stderr.contains("final flush failed") && u.stderr.contains("no space left"), u.stderr)
+        XCTAssertEqual(u.stderr.split(separator: "\n").count, 1, u.stderr)
+        XCTAssertFalse(m.isMounted)
+
+        // Still full: the mount comes up anyway and serves what the journal holds.
+        try m.mount()
+        try sh("cmp \(acked) \(m.path("acked.img"))")
+        let write = try runProgram("/bin/sh", ["-c", "head -c 1048576 /dev/urandom | dd of=\(m.path("fill.img")) bs=1M conv=notrunc,fsync status=none"])
+        XCTAssertNotEqual(write.status, 0, "a write to a full disk was acknowledged")
+
+        // Space freed: the final flush moves everything into the store.
+        try sh("mount -o remount,size=512M \(m.store)")
+        let u2 = try vdiskfs("unmount", m.mountpoint)
+        XCTAssertEqual(u2.status, 0, u2.stderr + "\nlog:\n" + m.log)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: m.store + "/journal"), [])
+        let verify = try m.cli("verify")
+        XCTAssertEqual(verify.status, 0, verify.stdout + verify.stderr)
+        try sh("\(VDiskfsBinary.path) export -s \(m.store) acked.img \(m.directory)/acked.out && cmp \(acked) \(m.directory)/acked.out")
+    }
 }
 
 final class SnapshotConsistencyTests: XCTestCase {

@@ -64,6 +64,26 @@ final class RadosMountTests: XCTestCase {
         XCTAssertEqual(v.status, 0, v.stdout + v.stderr)
     }
 
+    /// `vdiskfs unmount` finds a RADOS mount's control socket through --state-dir and waits
+    /// for the final flush; without the right state directory it refuses and leaves the
+    /// mount alone rather than wait on a lock it cannot see.
+    func testUnmountWaitsForTheFinalFlushOfARadosMount() throws {
+        let m = try MountFixture(self, backend: .rados())
+        try m.mount()
+        try sh("head -c 20000000 /dev/urandom > \(m.path("a.img"))")
+        let wrong = try vdiskfs("unmount", m.mountpoint, "--state-dir", m.directory + "/elsewhere")
+        XCTAssertEqual(wrong.status, 19, wrong.stderr)
+        XCTAssertTrue(wrong.stderr.contains("--state-dir"), wrong.stderr)
+        XCTAssertTrue(m.isMounted)
+        let r = try vdiskfs("unmount", m.mountpoint, "--state-dir", m.stateDirectory!)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertFalse(m.isMounted)
+        // No waiting needed: the store is free and holds the data.
+        let ls = try m.cli("ls", "--json")
+        XCTAssertEqual(ls.status, 0, ls.stderr)
+        XCTAssertTrue(ls.stdout.contains("\"size\" : 20000000"), ls.stdout)
+    }
+
     // MARK: two mounts of one store
 
     func testTwoMountsSeeEachOthersImagesAndSnapshots() throws {
