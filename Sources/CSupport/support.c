@@ -1,4 +1,6 @@
+#define _GNU_SOURCE
 #include "vdisk_support.h"
+#include <fcntl.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <string.h>
@@ -160,3 +162,7 @@ void vdisk_limit_malloc_arenas(int n) {
 }
 
 void vdisk_release_free_memory(void) { malloc_trim(0); }
+
+int vdisk_allocate_keeping_size(int fd, int64_t offset, int64_t length) {
+    return fallocate(fd, FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length);
+}

@@ -1,3 +1,4 @@
+import CSupport
 import Glibc
 import SystemPackage
 
@@ -37,6 +38,18 @@ extension FileDescriptor {
     /// Sets the file's length.
     func truncate(to length: Int64) throws {
         _ = try retryingOnInterrupt { Glibc.ftruncate(rawValue, off_t(length)) }
+    }
+
+    /// Allocates disk space for `length` bytes at `offset` without changing the file's
+    /// length (fallocate, FALLOC_FL_KEEP_SIZE), so that writes there cannot meet a full disk.
+    /// Returns false when the file system cannot (EOPNOTSUPP).
+    func reserveSpace(at offset: Int64, length: Int64) throws -> Bool {
+        do {
+            _ = try retryingOnInterrupt { vdisk_allocate_keeping_size(rawValue, offset, length) }
+            return true
+        } catch let e as Errno where e == .notSupported || e == .notSupportedOnSocket {
+            return false
+        }
     }
 
     /// The file's status.

@@ -82,16 +82,25 @@ extension Volume {
             }
         }
         var modeChanged: (@Sendable (NodeID) -> Void)?
+        // A ticket before the reservation: an fsync that starts later waits for this write.
+        appendsInFlight.lock()
+        let ticket = nextAppendTicket
+        nextAppendTicket += 1
+        appendTickets.insert(ticket)
+        appendsInFlight.unlock()
+        defer {
+            appendsInFlight.lock()
+            appendTickets.remove(ticket)
+            appendsInFlight.broadcast()
+            appendsInFlight.unlock()
+        }
         try appendLock.withReadLock {
-            let (seg, base): (WriteJournal.Segment, Int64) = stateLock.withLock {
-                let s: WriteJournal.Segment = segment
-                let o = s.size
-                s.size += Int64(total)
-                return (s, o)
-            }
+            let (seg, base) = try reserveJournal(total)
+            beforeJournalWriteForTesting?()
             do { try seg.fd.writeFully(UnsafeRawBufferPointer(buffer), at: base) }
             catch {
-                // Leave a hole of zeros that replay stops at; nothing was acknowledged.
+                // Leaves a hole that replay stops at (the space was allocated ahead, so this
+                // is an I/O error, not a full disk); nothing was acknowledged.
                 throw StoreError.system(error, "write journal", path: journal.directory)
             }
             stateLock.withLock {
@@ -123,6 +132,51 @@ extension Volume {
         // The kernel caches the mode; a cleared set-ID bit must not outlive this write there.
         modeChanged?(n.id)
         if stateLock.withLock({ segment.size > options.flushThreshold || currentDirtyBlocks > maxDirtyBlocks / 4 }) { wakeFlusher() }
+    }
+
+    /// Bytes the journal allocates ahead at a time.
+    static let journalAllocationStep: Int64 = 16 << 20
+
+    /// Reserves `bytes` at the end of the current segment for an append (call with
+    /// `appendLock` shared). The segment's disk space is allocated ahead, 16 MiB at a time,
+    /// so that a full disk fails here, before anything is placed: a write that failed
+    /// after its place was taken would leave a hole at which replay stops, and every
+    /// record after it, acknowledged or not, would be lost in a crash.
+    func reserveJournal(_ bytes: Int) throws -> (WriteJournal.Segment, Int64) {
+        let want = Int64(bytes)
+        while true {
+            let placed: (WriteJournal.Segment, Int64)? = stateLock.withLock {
+                let s: WriteJournal.Segment = segment
+                guard !s.allocatesAhead || s.size + want <= s.allocated else { return nil }
+                let at = s.size
+                s.size += want
+                return (s, at)
+            }
+            if let placed { return placed }
+            try journalGrowth.withLock {
+                // The segment cannot change while appendLock is held shared.
+                let (s, end, allocated) = stateLock.withLock { (segment!, segment.size, segment.allocated) }
+                guard s.allocatesAhead, end + want > allocated else { return }
+                let needed = (end + want - allocated + 4095) / 4096 * 4096
+                var grown: Int64 = 0
+                do {
+                    for length in [max(Self.journalAllocationStep, needed), needed] {
+                        do {
+                            if try !s.fd.reserveSpace(at: allocated, length: length) { break }
+                            grown = length
+                            break
+                        } catch let e as Errno where e == .noSpace && length != needed {
+                            continue  // too little room for a whole step: just this append
+                        }
+                    }
+                } catch {
+                    throw StoreError.system(error, "allocate journal space", path: journal.directory)
+                }
+                stateLock.withLock {
+                    if grown > 0 { s.allocated += grown } else { s.allocatesAhead = false }
+                }
+            }
+        }
     }
 
     /// Dirty blocks writers may have before they wait: as many as the journal limit holds,
@@ -206,6 +260,12 @@ extension Volume {
 
     /// Makes every acknowledged write (of `node`, or all when nil) durable before returning.
     public func synchronize(_ id: NodeID?, dataOnly: Bool) throws {
+        // Appends placed before this call must be written first: one still being written
+        // would be a hole before the records that follow it, and replay stops at a hole.
+        appendsInFlight.lock()
+        let started = nextAppendTicket
+        while let oldest = appendTickets.min(), oldest < started { appendsInFlight.wait() }
+        appendsInFlight.unlock()
         let segs: [WriteJournal.Segment] = stateLock.withLock { frozenSegments + [segment!] }
         for s in segs {
             do { try s.fd.synchronizeData() } catch { throw StoreError.system(error, "fsync journal", path: journal.directory) }

@@ -15,7 +15,8 @@ import SystemPackage
 /// Thread-safe: every method may be called from any FUSE worker thread.
 ///
 /// Lock order (take left before right, never the reverse):
-/// `flushLock` → `Node.writeLock` → `appendLock` → `stateLock`.
+/// `flushLock` → `Node.writeLock` → `appendLock` → `journalGrowth` → `stateLock`;
+/// `appendsInFlight` is taken alone.
 /// - `flushLock` serialises commits: flushes and metadata changes.
 /// - `Node.writeLock` serialises writes to one image (read-modify-write of partial blocks).
 /// - `appendLock` is shared by appends and taken alone to switch journal segments.
@@ -141,6 +142,17 @@ public final class Volume: @unchecked Sendable {
     var closed = false
     /// Writers waiting for journal space wait on this.
     let spaceFreed = NSCondition()
+    /// Serialises allocating journal space ahead (``reserveJournal(_:)``); taken inside
+    /// `appendLock`'s shared hold, never with `stateLock` held.
+    let journalGrowth = NSLock()
+    /// Appends that have taken a ticket and not yet finished writing (guarded by itself):
+    /// fsync waits for those that started before it (``synchronize(_:dataOnly:)``).
+    let appendsInFlight = NSCondition()
+    var appendTickets: Set<UInt64> = []
+    var nextAppendTicket: UInt64 = 0
+    /// Tests only: called by each append after it has its place in the journal, before it
+    /// writes there.
+    var beforeJournalWriteForTesting: (() -> Void)?
     /// Entries in the current dirty maps: bounded like the journal's bytes, since a ref or
     /// zero record takes little journal but as much memory as a data block's entry.
     var currentDirtyBlocks = 0

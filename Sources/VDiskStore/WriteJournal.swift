@@ -12,7 +12,10 @@ import SystemPackage
 /// 2 zero (no payload), 3 ref (payload: a ChunkRef of a chunk already in the store),
 /// 4 size (no payload: the image grew to the size field, e.g. by fallocate).
 /// Replay stops at the first record that does not check out (a torn tail); a record whose
-/// path is not UTF-8 (no image can have it) is skipped.
+/// path is not UTF-8 (no image can have it) is skipped. Since a record that failed to be
+/// written would hide every record after it, disk space for appends is allocated ahead
+/// (so a full disk fails the reservation, not the write), and fsync waits for appends
+/// placed before it to be written.
 final class WriteJournal: @unchecked Sendable {
     static let magic: UInt32 = 0x4E52_4A56
     static let headerSize = 32
@@ -26,6 +29,10 @@ final class WriteJournal: @unchecked Sendable {
         let fd: FileDescriptor
         /// Bytes reserved so far (appends go at the end).
         var size: Int64
+        /// Bytes from the start whose disk space is allocated (``Volume/reserveJournal(_:)``).
+        var allocated: Int64 = 0
+        /// False once the file system has said it cannot allocate ahead.
+        var allocatesAhead = true
         init(sequence: UInt64, path: String, fd: FileDescriptor, size: Int64) {
             self.sequence = sequence; self.path = path; self.fd = fd; self.size = size
         }

@@ -70,6 +70,85 @@ final class VolumeTests: XCTestCase {
         XCTAssertTrue(try Verifier.verify(s).isClean)
     }
 
+    /// The journal on a small tmpfs fills up: the write that does not fit fails with ENOSPC.
+    /// Space is freed and a later write is fsynced; after a crash it must replay. (A write
+    /// that failed after taking its place in the segment would leave a hole there, and
+    /// replay, which stops at the first record that does not check out, would drop it.)
+    func testAWriteThatMetAFullDiskLeavesNoHoleBeforeLaterWrites() throws {
+        guard getuid() == 0 else { throw XCTSkip("mounting a tmpfs needs root") }
+        _ = try openVolume()  // creates the store
+        let journalDir = dir + "/journal-fs"
+        try FileManager.default.createDirectory(atPath: journalDir, withIntermediateDirectories: true)
+        guard mount("tmpfs", journalDir, "tmpfs", 0, "size=6M") == 0 else { throw XCTSkip("cannot mount a tmpfs: \(errno)") }
+        defer { umount2(journalDir, Int32(MNT_DETACH)) }
+        var options = VolumeOptions()
+        options.journalDirectory = journalDir
+        options.flushInterval = 3600  // nothing leaves the journal until the test says so
+        var v = try openVolume(options)
+        let f = try v.createImage(parent: Volume.rootNode, name: "a.img", mode: 0o644, uid: 0, gid: 0)
+        var full = false
+        var blocks = 0
+        while blocks < 4096 && !full {
+            do {
+                try write(v, f.node, UInt64(blocks) * 4096, randomBytes(seed: UInt64(blocks), 4096))
+                blocks += 1
+            } catch let e as StoreError {
+                XCTAssertEqual(e.errno, ENOSPC, "\(e)")
+                full = true
+            }
+        }
+        XCTAssertTrue(full, "6 MiB of tmpfs took \(blocks) blocks")
+        XCTAssertEqual(mount("tmpfs", journalDir, "tmpfs", UInt(MS_REMOUNT), "size=64M"), 0)
+        let later = randomBytes(seed: 999, 8192)
+        try write(v, f.node, 1 << 30, later)
+        try v.synchronize(f.node, dataOnly: true)
+        v.abandonForTesting()   // as kill -9
+        v = try openVolume(options)
+        let id = try v.lookup(parent: Volume.rootNode, name: "a.img").node
+        XCTAssertTrue(try read(v, id, 1 << 30, later.count) == later, "an fsynced write after the full disk was lost")
+        XCTAssertTrue(try read(v, id, 0, 4096) == randomBytes(seed: 0, 4096))
+        XCTAssertEqual(try v.attributes(id).size, (1 << 30) + 8192)
+        try v.close()
+    }
+
+    /// Write A has its place in the journal but is not written yet when write B (after it)
+    /// is fsynced: the fsync must wait for A, since a crash before A is written would leave
+    /// a hole that replay stops at, dropping B.
+    func testFsyncWaitsForAnEarlierAppendStillBeingWritten() throws {
+        var options = VolumeOptions()
+        options.flushInterval = 3600
+        var v = try openVolume(options)
+        let a = try v.createImage(parent: Volume.rootNode, name: "a.img", mode: 0o644, uid: 0, gid: 0)
+        let b = try v.createImage(parent: Volume.rootNode, name: "b.img", mode: 0o644, uid: 0, gid: 0)
+        let placed = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        let firstCall = Locked(true)
+        v.beforeJournalWriteForTesting = {
+            if firstCall.withLock({ f in defer { f = false }; return f }) { placed.signal(); release.wait() }
+        }
+        let dataA = randomBytes(seed: 1, 4096), dataB = randomBytes(seed: 2, 4096)
+        let wroteA = DispatchSemaphore(value: 0)
+        Thread { [v] in
+            _ = try? dataA.withUnsafeBytes { try v.write(a.node, offset: 0, data: $0) }
+            wroteA.signal()
+        }.start()
+        placed.wait()
+        try write(v, b.node, 0, dataB)
+        let synced = DispatchSemaphore(value: 0)
+        Thread { [v] in try? v.synchronize(b.node, dataOnly: true); synced.signal() }.start()
+        XCTAssertEqual(synced.wait(timeout: .now() + 0.5), .timedOut, "fsync returned while an earlier append was still unwritten")
+        release.signal()
+        XCTAssertEqual(synced.wait(timeout: .now() + 30), .success)
+        XCTAssertEqual(wroteA.wait(timeout: .now() + 30), .success)
+        v.beforeJournalWriteForTesting = nil
+        v.abandonForTesting()   // as kill -9
+        v = try openVolume(options)
+        let ra = try v.lookup(parent: Volume.rootNode, name: "a.img").node
+        let rb = try v.lookup(parent: Volume.rootNode, name: "b.img").node
+        XCTAssertTrue(try read(v, ra, 0, 4096) == dataA)
+        XCTAssertTrue(try read(v, rb, 0, 4096) == dataB)
+        try v.close()
+    }
+
     /// Sizes past Volume.maxSize (2^50) are EFBIG however they are asked for, and ranges whose
     /// end overflows 64 bits never trap; the image is left as it was.
     func testSizesPastTheLimitAreRefused() throws {

@@ -22,4 +22,9 @@ void vdisk_limit_malloc_arenas(int n);
 /// otherwise stay in RSS.
 void vdisk_release_free_memory(void);
 
+/// fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length): 0, or -1 with errno set. Why C:
+/// fallocate is declared only under _GNU_SOURCE, which Swift's Glibc module does not set.
+/// The journal allocates its disk space ahead with it, so a full disk fails before a write.
+int vdisk_allocate_keeping_size(int fd, int64_t offset, int64_t length);
+
 #endif
