@@ -27,7 +27,9 @@ cleanup() {
 }
 trap cleanup EXIT
 cleanup; mkdir -p "$work"
-cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+# Cold: written pages synced, caches dropped, free memory compacted (left fragmented by an
+# earlier phase, the kernel falls back to small folios, and a FUSE read stream slows).
+cold() { sync; echo 3 > /proc/sys/vm/drop_caches; echo 1 > /proc/sys/vm/compact_memory; }
 seqread() { # MB/s of a cold dd of the whole file ("-" when the read fails)
     cold
     local out; out=$(dd if="$1" of=/dev/null bs=1M 2>&1) || { echo "dd failed on $1: $out" >&2; echo "-"; return; }
