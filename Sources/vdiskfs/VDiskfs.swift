@@ -7,7 +7,7 @@ import VDiskStore
 /// exit codes documented in vdiskfs(1); argument errors exit 64 (EX_USAGE).
 @main
 struct VDiskfs: ParsableCommand {
-    static let version = "0.2.2"
+    static let version = "0.2.3"
 
     static let configuration = CommandConfiguration(
         commandName: "vdiskfs",
